@@ -1,0 +1,34 @@
+# Two commands do all set-up on a fresh machine:  make demo  and  make test
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+# Ray binds to 127.0.0.1 instead of the machine's interface address (tests and demo stay on loopback)
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
+# the demo and tests never reach for the Hugging Face hub
+export HF_HUB_OFFLINE := 1
+
+.PHONY: venv demo test test-fast clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -c "import torch, pytorch_lightning, segmentation_models_pytorch, ray.tune, optuna"
+	touch $(STAMP)
+
+DEMO_DATA := data/synthetic
+demo: $(STAMP)
+	test -d $(DEMO_DATA)/images || $(PY) -m segcore.synthetic $(DEMO_DATA) --num 120
+	$(PY) -m segcore.train --data_dir $(DEMO_DATA) --output_dir outputs/demo-$$(date +%Y%m%d-%H%M%S) \
+	    --encoder resnet18 --encoder_weights none --image_size 96 --batch_size 16 --epochs 3 --num_workers 0
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
+
+clean:
+	rm -rf $(VENV) .pytest_cache outputs results

@@ -1,0 +1,78 @@
+"""Lightning callbacks for TensorBoard: the HParams entry of a run and image / truth / prediction overlays."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.loggers import TensorBoardLogger
+from torch.utils.tensorboard.summary import hparams
+from torchvision.utils import make_grid
+
+from segcore.metrics_names import EVAL_METRICS, SWEEP_METRIC, stage_metric
+
+
+def tensorboard_of(trainer: pl.Trainer):
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger.experiment
+    return None
+
+
+def hparam_values(config: dict[str, Any]) -> dict[str, Any]:
+    """TensorBoard's HParams take bool / number / string values only."""
+    return {k: v if isinstance(v, (bool, int, float, str)) else str(v) for k, v in config.items()}
+
+
+class HParamsCallback(pl.Callback):
+    """Registers the run in TensorBoard's HParams dashboard with its config and the metrics to compare.
+
+    Only the session is declared here; the metric values are the run's own ``val/...`` scalars, which the dashboard
+    reads by tag. (Lightning's ``log_hyperparams(metrics=...)`` would also write a fake value at step 0.)
+    """
+
+    def __init__(self, config: dict[str, Any], metrics: tuple[str, ...] = tuple(stage_metric("val", m)
+                                                                                 for m in EVAL_METRICS)):
+        assert SWEEP_METRIC in metrics
+        self.config = hparam_values(config)
+        self.metrics = metrics
+        self._written = False
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = tensorboard_of(trainer)
+        if writer is None or self._written or trainer.global_rank != 0:
+            return
+        experiment, session_start, session_end = hparams(self.config, {m: 0.0 for m in self.metrics})
+        file_writer = writer._get_file_writer()
+        for summary in (experiment, session_start, session_end):
+            file_writer.add_summary(summary)
+        self._written = True
+
+
+def overlay(images: torch.Tensor, masks: torch.Tensor, color: tuple[int, int, int]) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) with the pixels where mask == 1 tinted by ``color`` (half transparent)."""
+    tint = torch.tensor(color, dtype=torch.float32).view(1, 3, 1, 1)
+    on = (masks == 1).float()
+    out = images.float() * (1 - 0.5 * on) + tint * 0.5 * on
+    return out.clamp(0, 255).to(torch.uint8)
+
+
+def comparison_grid(images: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
+    """Rows of image | truth (green) | prediction (red) for each sample, as one uint8 (3, H, W) grid."""
+    rows = []
+    for i in range(images.shape[0]):
+        img = images[i:i + 1]
+        rows += [img, overlay(img, truth[i:i + 1], (0, 200, 0)), overlay(img, pred[i:i + 1].to(torch.uint8),
+                                                                          (220, 0, 0))]
+    return make_grid(torch.cat(rows), nrow=3, padding=2, pad_value=255)
+
+
+class OverlayImagesCallback(pl.Callback):
+    """After each validation epoch, a few validation images with their truth and the current prediction."""
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        writer = tensorboard_of(trainer)
+        sample = getattr(pl_module, "val_sample", None)
+        if writer is None or sample is None or trainer.sanity_checking or trainer.global_rank != 0:
+            return
+        writer.add_image("val/predictions", comparison_grid(*sample), global_step=trainer.current_epoch)

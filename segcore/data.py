@@ -1,0 +1,186 @@
+"""Oxford-IIIT Pet for binary pet / background segmentation, in the official layout.
+
+``root/images/<Name>_<n>.jpg``, ``root/annotations/trimaps/<Name>_<n>.png``, ``root/annotations/{trainval,test}.txt``
+(also found under ``root/oxford-iiit-pet/``, where torchvision puts it). Each split is decoded and resized once into a
+cache of uint8 arrays (see ``segcore.decoded``); items are then views of those arrays, augmented as tensors.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from segcore.config import TrainConfig
+from segcore.decoded import DecodedSplit, decode_split
+from segcore.errors import UserError
+from segcore.losses import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+SPLIT_FILES = ("trainval", "test")
+MAX_PROBLEMS_LISTED = 50
+
+
+def find_root(data_dir: str | os.PathLike) -> Path:
+    """The folder holding ``images/`` and ``annotations/``: ``data_dir`` itself or its ``oxford-iiit-pet/``."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise UserError(f"data dir {data_dir}: not found (use --download, or point --data_dir at the folder "
+                        "holding images/ and annotations/)")
+    for candidate in (data_dir, data_dir / "oxford-iiit-pet"):
+        if (candidate / "annotations").is_dir() or (candidate / "images").is_dir():
+            return candidate
+    raise UserError(f"data dir {data_dir}: holds neither images/ + annotations/ nor oxford-iiit-pet/ "
+                    "(the Oxford-IIIT Pet layout)")
+
+
+def read_split(root: Path, split: str) -> tuple[list[str], list[str]]:
+    """Image names listed in ``annotations/<split>.txt`` and the problems found in that file."""
+    path = root / "annotations" / f"{split}.txt"
+    if not path.is_file():
+        return [], [f"{path}: split file not found"]
+    names, problems = [], []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        name = line.split()[0]
+        if "/" in name or "\\" in name or ".." in name or name.startswith("~"):
+            problems.append(f"{path}:{lineno}: image name '{name}' contains a path separator or '..'")
+            continue
+        names.append(name)
+    if not names and not problems:
+        problems.append(f"{path}: lists no images")
+    return names, problems
+
+
+def image_path(root: Path, name: str) -> Path:
+    return root / "images" / f"{name}.jpg"
+
+
+def trimap_path(root: Path, name: str) -> Path:
+    return root / "annotations" / "trimaps" / f"{name}.png"
+
+
+def split_trainval(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (by seed) train / validation indices into the trainval list."""
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = max(1, int(round(n * val_fraction)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def trimap_lut(border: str) -> torch.Tensor:
+    """Trimap value -> mask value: 1 pet -> 1, 2 background -> 0, 3 border -> 1 / 0 / ignored."""
+    lut = torch.zeros(256, dtype=torch.uint8)
+    lut[1] = 1
+    lut[3] = {"pet": 1, "background": 0, "ignore": IGNORE_INDEX}[border]
+    return lut
+
+
+class PetsSegmentation(Dataset):
+    """Items ``{"image": uint8 (3, S, S), "mask": uint8 (1, S, S)}`` from a decoded split."""
+
+    def __init__(self, decoded: DecodedSplit, indices: np.ndarray, border: str = "pet", augment: bool = False):
+        self.decoded = decoded
+        self.indices = np.asarray(indices)
+        self.lut = trimap_lut(border)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        j = int(self.indices[i])
+        image = torch.from_numpy(np.array(self.decoded.images[j])).permute(2, 0, 1)
+        mask = self.lut[torch.from_numpy(np.array(self.decoded.trimaps[j])).long()].unsqueeze(0)
+        if self.augment and torch.rand(()) < 0.5:  # horizontal flip: pets are left/right symmetric
+            image, mask = image.flip(-1), mask.flip(-1)
+        return {"image": image.contiguous(), "mask": mask.contiguous()}
+
+
+@dataclass
+class DataSummary:
+    root: Path
+    train: int
+    val: int
+    test: int
+
+
+class PetsDataModule(pl.LightningDataModule):
+    def __init__(self, config: TrainConfig, download: bool = False, pin_memory: Optional[bool] = None):
+        super().__init__()
+        self.cfg = config
+        self.download = download
+        self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
+        self.decoded: dict[str, DecodedSplit] = {}
+
+    def prepare_data(self) -> None:
+        if self.download:
+            from segcore.download import download_pets
+
+            download_pets(self.cfg.data_dir)
+
+    def check(self, splits: tuple[str, ...] = SPLIT_FILES) -> DataSummary:
+        """Read, check and decode every split before training: all problems are reported in one UserError."""
+        root = find_root(self.cfg.data_dir)
+        problems: list[str] = []
+        listed: dict[str, list[str]] = {}
+        for split in splits:
+            names, split_problems = read_split(root, split)
+            problems += split_problems
+            listed[split] = names
+        for split, names in listed.items():
+            if not problems and split not in self.decoded:
+                self.decoded[split], decode_problems = decode_split(
+                    root, split, names, self.cfg.image_size, num_threads=max(1, self.cfg.num_workers))
+                problems += decode_problems
+            elif problems:  # still list missing files so the user fixes everything in one go
+                problems += [p for n in names for p in _missing(root, n)]
+        if problems:
+            shown = problems[:MAX_PROBLEMS_LISTED]
+            more = len(problems) - len(shown)
+            raise UserError(f"dataset {root}: {len(problems)} problem(s) found"
+                            + (f" (first {len(shown)} listed)" if more else "") + ":", shown)
+        n_trainval = len(listed.get("trainval", []))
+        train_idx, val_idx = split_trainval(n_trainval, self.cfg.val_fraction, self.cfg.seed) if n_trainval else ([], [])
+        return DataSummary(root, len(train_idx), len(val_idx), len(listed.get("test", [])))
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        splits = ("trainval",) if stage in ("fit", "validate") else ("test",) if stage == "test" else SPLIT_FILES
+        self.check(splits)
+        if "trainval" in self.decoded:
+            train_idx, val_idx = split_trainval(len(self.decoded["trainval"]), self.cfg.val_fraction, self.cfg.seed)
+            self.train_set = PetsSegmentation(self.decoded["trainval"], train_idx, self.cfg.border, augment=True)
+            self.val_set = PetsSegmentation(self.decoded["trainval"], val_idx, self.cfg.border)
+        if "test" in self.decoded:
+            test = self.decoded["test"]
+            self.test_set = PetsSegmentation(test, np.arange(len(test)), self.cfg.border)
+
+    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+        workers = self.cfg.num_workers
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=workers,
+                          pin_memory=self.pin_memory, persistent_workers=workers > 0,
+                          drop_last=shuffle and len(dataset) > self.cfg.batch_size)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+
+def _missing(root: Path, name: str) -> list[str]:
+    out = []
+    for path, what in ((image_path(root, name), "image"), (trimap_path(root, name), "trimap")):
+        if not path.is_file():
+            out.append(f"{path}: {what} listed in a split file but missing")
+    return out

@@ -1,0 +1,167 @@
+"""Decode and resize each image once: a split becomes two uint8 arrays cached on disk and memory-mapped.
+
+Decoding a JPEG and resizing it costs far more than a training step's share of data on small models; doing it per
+item per epoch (the usual Dataset pattern) makes the loader the bottleneck. The cache is keyed by the dataset's
+location, the split's file list (names, sizes and modification times) and the image size, so a changed or replaced
+file builds a new cache. Several processes building the same cache wait on a file lock instead of racing.
+
+The cache lives in ``$SEGCORE_CACHE_DIR`` (default ``~/.cache/segcore``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from filelock import FileLock
+from PIL import Image, ImageFile
+
+log = logging.getLogger(__name__)
+
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error to report, not an image to half-read
+VALID_TRIMAP_VALUES = (1, 2, 3)
+CACHE_VERSION = 1
+
+
+@dataclass
+class DecodedSplit:
+    names: list[str]
+    images: np.ndarray  # (N, S, S, 3) uint8
+    trimaps: np.ndarray  # (N, S, S) uint8, values 1 / 2 / 3
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("SEGCORE_CACHE_DIR") or Path.home() / ".cache" / "segcore")
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode as 8-bit RGB: grayscale, palette (with transparency), RGBA, CMYK, 16-bit, float."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = np.zeros_like(arr) if hi <= lo else (arr - lo) * (255.0 / (hi - lo))
+        img = Image.fromarray(arr.astype(np.uint8), mode="L")
+    if img.mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(path: Path) -> Image.Image:
+    with Image.open(path) as img:  # the format is taken from the bytes: PNG data behind .jpg loads too
+        img.load()
+        return to_rgb(img)
+
+
+def load_trimap(path: Path) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()
+        arr = np.asarray(img)
+    return arr[..., 0] if arr.ndim == 3 else arr
+
+
+def decode_item(image_file: Path, trimap_file: Path, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """One (image, trimap) pair resized to size x size; raises ValueError / OSError with the file named."""
+    try:
+        image = load_image(image_file)
+    except FileNotFoundError:
+        raise ValueError(f"{image_file}: image listed in a split file but missing") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{image_file}: cannot be decoded as an image ({err})") from None
+    try:
+        trimap = load_trimap(trimap_file)
+    except FileNotFoundError:
+        raise ValueError(f"{trimap_file}: trimap missing for image {image_file.name}") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ValueError(f"{trimap_file}: cannot be decoded as a trimap ({err})") from None
+    bad = sorted(set(np.unique(trimap).tolist()) - set(VALID_TRIMAP_VALUES))
+    if bad:
+        raise ValueError(f"{trimap_file}: trimap values {bad[:5]} outside {{1, 2, 3}}")
+    if trimap.shape != (image.height, image.width):
+        raise ValueError(f"{trimap_file}: trimap size {trimap.shape[1]}x{trimap.shape[0]} differs from its image's "
+                         f"{image.width}x{image.height}")
+    image = image.resize((size, size), Image.BILINEAR)
+    trimap_img = Image.fromarray(trimap.astype(np.uint8)).resize((size, size), Image.NEAREST)
+    return np.asarray(image, dtype=np.uint8), np.asarray(trimap_img, dtype=np.uint8)
+
+
+def _fingerprint(root: Path, split: str, names: list[str], size: int) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{root.resolve()}|{split}|{size}".encode())
+    for name in names:
+        for path in (root / "images" / f"{name}.jpg", root / "annotations" / "trimaps" / f"{name}.png"):
+            try:
+                st = path.stat()
+                h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}".encode())
+            except FileNotFoundError:
+                h.update(f"{name}|missing".encode())
+    return h.hexdigest()[:20]
+
+
+def _load_cached(base: Path, names: list[str]) -> Optional[DecodedSplit]:
+    meta_file = base.with_suffix(".json")
+    if not meta_file.is_file():
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        if meta.get("names") != names:
+            return None
+        images = np.load(str(base) + ".images.npy", mmap_mode="r")
+        trimaps = np.load(str(base) + ".trimaps.npy", mmap_mode="r")
+    except (OSError, ValueError):
+        return None
+    return DecodedSplit(names, images, trimaps)
+
+
+def decode_split(root: Path, split: str, names: list[str], size: int,
+                 num_threads: int = 2) -> tuple[Optional[DecodedSplit], list[str]]:
+    """The decoded split (from the cache, or decoded now and cached) and the problems found while decoding."""
+    directory = cache_dir()
+    directory.mkdir(parents=True, exist_ok=True)
+    base = directory / f"{split}-{size}px-{_fingerprint(root, split, names, size)}"
+    cached = _load_cached(base, names)
+    if cached is not None:
+        return cached, []
+    with FileLock(str(base) + ".lock"):
+        cached = _load_cached(base, names)  # another process may have built it while we waited
+        if cached is not None:
+            return cached, []
+        started = time.perf_counter()
+        images = np.empty((len(names), size, size, 3), dtype=np.uint8)
+        trimaps = np.empty((len(names), size, size), dtype=np.uint8)
+        problems: list[str] = []
+
+        def work(i: int) -> None:
+            try:
+                images[i], trimaps[i] = decode_item(root / "images" / f"{names[i]}.jpg",
+                                                    root / "annotations" / "trimaps" / f"{names[i]}.png", size)
+            except ValueError as err:
+                problems.append(str(err))
+
+        # PIL releases the GIL while decoding and resizing, so threads scale without copying arrays around
+        with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+            list(pool.map(work, range(len(names))))
+        if problems:
+            return None, sorted(problems)
+        for suffix, array in ((".images.npy", images), (".trimaps.npy", trimaps)):
+            tmp = str(base) + suffix + ".tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+            os.replace(tmp, str(base) + suffix)
+        meta = {"root": str(root.resolve()), "split": split, "size": size, "names": names}
+        tmp_meta = base.with_suffix(".json.tmp")
+        tmp_meta.write_text(json.dumps(meta))
+        os.replace(tmp_meta, base.with_suffix(".json"))  # written last: its presence means the arrays are complete
+        log.info("decoded %s (%d images at %dpx) in %.1fs into %s", split, len(names), size,
+                 time.perf_counter() - started, directory)
+    loaded = _load_cached(base, names)
+    assert loaded is not None
+    return loaded, []

@@ -1,0 +1,16 @@
+"""Metric names, defined once: logged by the module, monitored by checkpoints, optimised by the sweep."""
+
+SWEEP_METRIC = "val/iou"  # dataset IoU (SMP "micro") on the validation split
+SWEEP_MODE = "max"
+
+TRAIN_LOSS = "train/loss"
+LEARNING_RATE = "lr"
+
+
+def stage_metric(stage: str, name: str) -> str:
+    """``stage_metric("test", "iou") == "test/iou"``: one naming rule for val/ and test/."""
+    return f"{stage}/{name}"
+
+
+# The metrics each evaluation stage logs (as ``<stage>/<name>``).
+EVAL_METRICS = ("loss", "iou", "per_image_iou", "dice")
