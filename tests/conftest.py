@@ -1,0 +1,63 @@
+"""Shared test set-up: loopback-only Ray, no Hugging Face network, a private decode cache, a tiny generated dataset."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Set before anything imports ray / huggingface_hub, and inherited by every subprocess a test starts.
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray binds to 127.0.0.1
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("SEGCORE_CACHE_DIR", str(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) /
+                                              f"segcore-test-cache-{os.getpid()}"))
+
+# The smallest config that still exercises the real code paths.
+TINY = dict(arch="fpn", encoder="resnet18", encoder_weights="none", image_size=64, batch_size=4, epochs=1,
+            num_workers=0, accelerator="cpu", devices="1")
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict | None = None, timeout: float = 300):
+    """Run ``python <args>`` as a user would; returns the CompletedProcess (text output)."""
+    import subprocess
+
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def pets_root(tmp_path_factory) -> Path:
+    """A 24-image generated Oxford-IIIT Pet in the official layout (read-only for tests: copy it to change it)."""
+    from segcore.synthetic import generate
+
+    root = tmp_path_factory.mktemp("pets")
+    generate(root, num=24, seed=0, min_size=64, max_size=96)
+    return root
+
+
+@pytest.fixture
+def pets_copy(pets_root, tmp_path) -> Path:
+    """A private copy of the generated dataset that a test may damage."""
+    import shutil
+
+    dst = tmp_path / "pets"
+    shutil.copytree(pets_root, dst)
+    return dst
+
+
+@pytest.fixture
+def tiny_config(pets_root):
+    from segcore.config import TrainConfig
+
+    return TrainConfig(**TINY, data_dir=str(pets_root))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    import shutil
+
+    if "segcore-test-cache-" in os.environ.get("SEGCORE_CACHE_DIR", ""):
+        shutil.rmtree(os.environ["SEGCORE_CACHE_DIR"], ignore_errors=True)
