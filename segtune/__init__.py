@@ -1,0 +1,1 @@
+"""segtune: the Ray Tune sweep around segcore (search spaces, the trial function, Optuna bridge, results)."""

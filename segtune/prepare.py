@@ -1,0 +1,136 @@
+"""Everything checked and prepared by the driver before any trial starts: flags, data, weights, resources."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from segcore.config import TrainConfig
+from segcore.errors import UserError
+from segtune.spaces import Space, to_config_values
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def parse_sets(items: list[str]) -> dict[str, Any]:
+    """``--set KEY=VALUE`` pairs; values are read as YAML scalars (``1e-3``, ``true``, ``unet``)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--set {item}: expected KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            out[key.strip()] = raw
+    return out
+
+
+def check_flags(args) -> None:
+    problems = []
+    if args.num_samples < 1:
+        problems.append(f"--num-samples must be >= 1, got {args.num_samples}")
+    if args.max_epochs < 1:
+        problems.append(f"--max-epochs must be >= 1, got {args.max_epochs}")
+    if not 1 <= args.grace_period <= max(1, args.max_epochs):
+        problems.append(f"--grace-period must be between 1 and --max-epochs ({args.max_epochs}), "
+                        f"got {args.grace_period}")
+    if args.reduction_factor < 2:
+        problems.append(f"--reduction-factor must be >= 2, got {args.reduction_factor}")
+    if args.cpus_per_trial <= 0:
+        problems.append(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpus_per_trial < 0:
+        problems.append(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    elif args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer():
+        problems.append(f"--gpus-per-trial above 1 must be a whole number, got {args.gpus_per_trial}")
+    if args.max_concurrent is not None and args.max_concurrent < 1:
+        problems.append(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
+    if args.max_failures < 0:
+        problems.append(f"--max-failures must be >= 0, got {args.max_failures}")
+    if not NAME_RE.match(args.name):
+        problems.append(f"--name '{args.name}': use letters, digits, '_', '-', '.' (no path separators)")
+    if problems:
+        raise UserError("invalid flags:", problems)
+
+
+def base_config(space: Space, data_dir: Path, max_epochs: int) -> dict[str, Any]:
+    """Values every trial shares: config defaults, the data location and the epoch budget.
+
+    The space's fixed values travel in the param space (so they show in TensorBoard's HParams); this is the rest.
+    """
+    if "epochs" in space.fixed or "epochs" in space.searched:
+        raise UserError(f"search space {space.path}: key 'epochs': set the budget with --max-epochs instead")
+    if "data_dir" in space.fixed or "data_dir" in space.searched:
+        raise UserError(f"search space {space.path}: key 'data_dir': use --data-dir instead")
+    defaults = TrainConfig().to_dict()
+    # trials read the decoded cache in-process: loader worker processes would only add start-up time
+    defaults.update(data_dir=str(data_dir.resolve()), epochs=max_epochs, num_workers=0)
+    return defaults
+
+
+def candidate_configs(space: Space, base: dict[str, Any]) -> list[TrainConfig]:
+    """One config per distinct value of every key that changes what the driver must prepare."""
+    fixed = to_config_values({k: v for k, v in space.fixed.items()})
+    configs = []
+    for size in space.values_of("image_size"):
+        for encoder in space.values_of("encoder"):
+            for weights in space.values_of("encoder_weights"):
+                values = {**base, **fixed, "image_size": size, "encoder": encoder, "encoder_weights": weights}
+                configs.append(TrainConfig.from_dict(values, source=str(space.path)))
+    return configs
+
+
+def ensure_dataset(data_dir: Path, synthetic: bool, download: bool) -> None:
+    from segcore.data import find_root
+
+    if synthetic:
+        try:
+            find_root(data_dir)
+            return  # already holds a dataset: use it, never overwrite
+        except UserError:
+            from segcore.synthetic import generate
+
+            generate(data_dir, num=96, seed=0, min_size=64, max_size=128)
+            print(f"generated a synthetic Oxford-IIIT Pet stand-in in {data_dir}")
+    elif download:
+        from segcore.download import download_pets
+
+        download_pets(data_dir)
+
+
+def prepare_assets(configs: list[TrainConfig]) -> list[str]:
+    """Check and decode the data at every image size, and make every encoder's weights available locally."""
+    from segcore.data import PetsDataModule
+    from segcore.weights import prefetch
+
+    notes = []
+    for size in sorted({c.image_size for c in configs}):
+        cfg = next(c for c in configs if c.image_size == size)
+        summary = PetsDataModule(cfg).check()
+        notes.append(f"data {summary.root} at {size}px: train {summary.train}, val {summary.val}, "
+                     f"test {summary.test}")
+    for encoder, weights in sorted({(c.encoder, c.encoder_weights) for c in configs}):
+        prefetch(encoder, weights)
+        notes.append(f"weights {encoder}: {weights}")
+    return notes
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float, cluster: Optional[dict[str, float]] = None,
+                    node_cpus: Optional[list[float]] = None) -> str:
+    """Refuse requests no node can meet. ``cluster`` defaults to this machine (no Ray needed for a dry run)."""
+    if cluster is None:
+        import torch
+
+        cluster = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+        node_cpus = [cluster["CPU"]]
+    gpus = cluster.get("GPU", 0.0)
+    if gpus_per_trial > 0 and gpus < max(gpus_per_trial, 1e-9):
+        raise UserError(f"--gpus-per-trial {gpus_per_trial}: the cluster has {gpus:g} GPU(s)"
+                        + ("; use --gpus-per-trial 0 to train on CPUs" if gpus == 0 else ""))
+    biggest = max(node_cpus or [cluster.get("CPU", 0.0)])
+    if cpus_per_trial > biggest:
+        raise UserError(f"--cpus-per-trial {cpus_per_trial:g}: no node has that many CPUs (largest: {biggest:g})")
+    return f"{cluster.get('CPU', 0):g} CPUs, {gpus:g} GPUs"

@@ -1,0 +1,144 @@
+"""What a sweep leaves behind: ``trials.csv``, ``best_config.yaml``, ``summary.json`` and the terminal summary."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
+from segtune.spaces import to_config_values
+
+COMPLETED, STOPPED, ERRORED, UNFINISHED = "completed", "stopped early", "errored", "unfinished"
+
+
+@dataclass
+class TrialRow:
+    trial_id: str
+    status: str
+    params: dict[str, Any]
+    last: Optional[float]
+    best: Optional[float]
+    epochs: int
+    wall_time_s: float
+    hostname: str
+    node_ip: str
+    path: str
+    error: str
+
+    def as_csv(self, param_keys: list[str]) -> dict[str, Any]:
+        row = {"trial_id": self.trial_id, "status": self.status}
+        row.update({f"param.{k}": self.params.get(k, "") for k in param_keys})
+        row.update({f"last_{SWEEP_METRIC}": _fmt(self.last), f"best_{SWEEP_METRIC}": _fmt(self.best),
+                    "epochs": self.epochs, "wall_time_s": round(self.wall_time_s, 2), "hostname": self.hostname,
+                    "node_ip": self.node_ip, "path": self.path, "error": self.error})
+        return row
+
+
+def _fmt(value: Optional[float]) -> Any:
+    return "" if value is None else round(value, 6)
+
+
+def _finite(value: Any) -> Optional[float]:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[TrialRow]:
+    rows = []
+    for result in result_grid:
+        metrics = result.metrics or {}
+        df = result.metrics_dataframe
+        history = [] if df is None or SWEEP_METRIC not in df else [_finite(v) for v in df[SWEEP_METRIC]]
+        history = [v for v in history if v is not None]
+        epochs = int(metrics.get("training_iteration") or 0)
+        if result.error is not None:
+            status = ERRORED
+        elif epochs >= max_epochs:
+            status = COMPLETED
+        elif metrics.get("done") or epochs > 0:
+            status = STOPPED
+        else:
+            status = UNFINISHED
+        error = "" if result.error is None else (str(result.error).strip().splitlines() or [""])[-1][:300]
+        rows.append(TrialRow(
+            trial_id=metrics.get("trial_id") or Path(result.path).name, status=status,
+            params={k: result.config.get(k) for k in searched_keys},
+            last=_finite(metrics.get(SWEEP_METRIC)), best=max(history) if history else None, epochs=epochs,
+            wall_time_s=float(metrics.get("time_total_s") or 0.0), hostname=str(metrics.get("hostname", "")),
+            node_ip=str(metrics.get("node_ip", "")), path=str(result.path), error=error))
+    return sorted(rows, key=lambda r: r.trial_id)
+
+
+def write_trials_csv(rows: list[TrialRow], searched_keys: list[str], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].as_csv(searched_keys)) if rows else ["trial_id"])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(row.as_csv(searched_keys))
+
+
+def best_trial(result_grid):
+    """The trial whose best epoch has the best ``val/iou`` over all epochs of all trials, or None."""
+    try:
+        return result_grid.get_best_result(metric=SWEEP_METRIC, mode=SWEEP_MODE, scope="all",
+                                           filter_nan_and_inf=True)
+    except RuntimeError:  # no trial reported a finite value
+        return None
+
+
+def write_best(best, base: dict[str, Any], experiment_dir: Path) -> dict[str, Any]:
+    """``best_config.yaml`` (for ``python -m segcore.train --config``) and the best checkpoint's path."""
+    from segtune.trial import CHECKPOINT_FILE, trial_config
+
+    cfg = trial_config(best.config, base)
+    cfg.save(experiment_dir / "best_config.yaml")
+    checkpoint = best.get_best_checkpoint(SWEEP_METRIC, SWEEP_MODE) if best.best_checkpoints else best.checkpoint
+    ckpt_path = str(Path(checkpoint.path) / CHECKPOINT_FILE) if checkpoint is not None else None
+    df = best.metrics_dataframe
+    value = float(df[SWEEP_METRIC].max()) if df is not None and SWEEP_METRIC in df else None
+    return {"best_value": value, "best_params": best.config, "best_config": cfg.to_dict(),
+            "best_checkpoint": ckpt_path, "best_trial_path": str(best.path)}
+
+
+def summarise(result_grid, searched_keys: list[str], base: dict[str, Any], max_epochs: int,
+              experiment_dir: Path) -> dict[str, Any]:
+    rows = trial_rows(result_grid, searched_keys, max_epochs)
+    write_trials_csv(rows, searched_keys, experiment_dir / "trials.csv")
+    counts = {s: sum(r.status == s for r in rows) for s in (COMPLETED, STOPPED, ERRORED, UNFINISHED)}
+    summary: dict[str, Any] = {"experiment": str(experiment_dir), "trials": len(rows), "counts": counts,
+                               "metric": SWEEP_METRIC, "mode": SWEEP_MODE}
+    best = best_trial(result_grid)
+    if best is not None:
+        summary.update(write_best(best, base, experiment_dir))
+    (experiment_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    return summary
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    c = summary["counts"]
+    lines = [f"Sweep finished: {summary['trials']} trials: {c[COMPLETED]} completed, {c[STOPPED]} stopped early, "
+             f"{c[ERRORED]} errored" + (f", {c[UNFINISHED]} unfinished" if c[UNFINISHED] else "")]
+    if summary.get("best_value") is not None:
+        lines.append(f"Best {SWEEP_METRIC}: {summary['best_value']:.4f}")
+        params = to_config_values(summary["best_params"])
+        lines.append("Best config: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
+        lines.append(f"Best checkpoint: {summary['best_checkpoint']}")
+        exp = Path(summary["experiment"])
+        lines.append(f"Reproduce: python -m segcore.train --config {exp / 'best_config.yaml'}")
+    else:
+        lines.append(f"No trial reported a finite {SWEEP_METRIC}.")
+    lines.append(f"Compare trials: tensorboard --logdir {summary['experiment']}")
+    lines.append(f"Trials table: {Path(summary['experiment']) / 'trials.csv'}")
+    return "\n".join(lines)
+
+
+def dump_yaml(data: Any) -> str:
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,73 @@
+"""Search algorithms: seeded Optuna TPE stored in SQLite (with ASHA stops told as pruned) or Ray's random/grid."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import optuna
+from ray.tune.search import BasicVariantGenerator
+from ray.tune.search.optuna import OptunaSearch
+
+OPTUNA_DB = "optuna.db"
+
+
+class PrunedAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch that tells Optuna how each trial really ended.
+
+    Ray's OptunaSearch tells a trial COMPLETE with its last value even when ASHA stopped it after a fraction of the
+    budget; TPE would then treat a 1-epoch score as a finished result. Here a trial that ended before ``max_t``
+    is PRUNED (its per-epoch values were already reported as intermediate values), an errored one FAIL, and a
+    non-finite value (diverged) FAIL.
+    """
+
+    def __init__(self, *args, max_t: int, time_attr: str = "training_iteration", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_t = max_t
+        self.time_attr = time_attr
+        self._reported: dict[str, set[int]] = {}  # steps told to Optuna per trial (saved with the searcher)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        value = result.get(self.metric)
+        step = result.get(self.time_attr)
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials or step is None:
+            return
+        if value is not None and math.isfinite(value) and step not in self._reported.setdefault(trial_id, set()):
+            # Optuna refuses NaN intermediate values, and a resumed trial may repeat a step
+            self._ot_trials[trial_id].report(float(value), int(step))
+            self._reported[trial_id].add(step)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        if result:  # Tune hands a trial's final result here, not to on_trial_result
+            self.on_trial_result(trial_id, result)
+        state, value = outcome(result, error, self.metric, self.time_attr, self.max_t)
+        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        self._completed_trials.add(trial_id)
+
+
+def outcome(result: Optional[dict], error: bool, metric: str, time_attr: str,
+            max_t: int) -> tuple[optuna.trial.TrialState, Optional[float]]:
+    S = optuna.trial.TrialState
+    value = (result or {}).get(metric)
+    if error or value is None or not math.isfinite(value):
+        return S.FAIL, None
+    if (result or {}).get(time_attr, 0) < max_t:
+        return S.PRUNED, None
+    return S.COMPLETE, float(value)
+
+
+def optuna_storage(experiment_dir: Path) -> optuna.storages.RDBStorage:
+    return optuna.storages.RDBStorage(f"sqlite:///{experiment_dir.resolve() / OPTUNA_DB}")
+
+
+def build_search(kind: str, metric: str, mode: str, seed: int, experiment_dir: Path, study_name: str,
+                 max_t: int, num_samples: int):
+    if kind == "random":
+        # Ray's variant generator: random sampling that also expands grid_search values
+        return BasicVariantGenerator(random_state=seed)
+    # TPE starts modelling after a few random trials; scale that with the budget so small sweeps still use it
+    sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, num_samples // 3)))
+    return PrunedAwareOptunaSearch(metric=metric, mode=mode, sampler=sampler, study_name=study_name,
+                                   storage=optuna_storage(experiment_dir), max_t=max_t)

@@ -1,0 +1,165 @@
+"""Hyperparameter sweep: Ray Tune runs segcore trials, Optuna proposes configs, ASHA stops weak trials early.
+
+    python tune_main.py --synthetic --space smoke          # a small sweep on a generated dataset
+    python tune_main.py --data-dir data --space default --num-samples 64 --gpus-per-trial 0.5
+    python tune_main.py --resume --name NAME               # continue an interrupted sweep
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from segcore.errors import UserError, cli_entry
+from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
+from segtune import prepare
+from segtune.spaces import list_spaces, load_space
+
+# Each epoch's checkpoint forces an experiment snapshot: that is what makes --resume lose nothing, not a problem.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+SETTINGS_FILE = "sweep.json"  # the flags a sweep started with; --resume reads them back
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tune_main.py", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--space", default="default", help="a named space (see --list-spaces) or a YAML file")
+    p.add_argument("--list-spaces", action="store_true", help="list the named search spaces and exit")
+    p.add_argument("--data-dir", default="data", help="Oxford-IIIT Pet folder (official layout)")
+    p.add_argument("--download", action="store_true", help="download the dataset into --data-dir first")
+    p.add_argument("--synthetic", action="store_true", help="generate a stand-in dataset in --data-dir if empty")
+    p.add_argument("--num-samples", type=int, default=16, help="trials to run (x grid size with grid values)")
+    p.add_argument("--max-epochs", type=int, default=10, help="epochs of a trial that is never stopped")
+    p.add_argument("--grace-period", type=int, default=1, help="ASHA: epochs before a trial may be stopped")
+    p.add_argument("--reduction-factor", type=int, default=3, help="ASHA: keep 1/N of trials at each rung")
+    p.add_argument("--search", choices=("optuna", "random"), default="optuna",
+                   help="optuna = seeded TPE; random = Ray's variant generator (also expands grid values)")
+    p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="asha stops weak trials early")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0)
+    p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional allowed: 0.25 = 4 trials/GPU")
+    p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
+    p.add_argument("--max-failures", type=int, default=0, help="retries of a trial that raises")
+    p.add_argument("--storage-path", default="results", help="where experiments are kept (shared on clusters)")
+    p.add_argument("--name", default="sweep", help="experiment name: <storage-path>/<name>")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted sweep <storage-path>/<name>")
+    p.add_argument("--address", default=None, help="join a running Ray cluster (default: start a local one)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the search algorithm")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a config field for all trials, e.g. --set image_size=128 (repeatable)")
+    p.add_argument("--dry-run", action="store_true", help="check data, space and resources, print the plan, stop")
+    p.add_argument("--verbose", action="store_true", help="Ray's full progress tables")
+    return p
+
+
+def settings_for(args: argparse.Namespace, experiment_dir: Path) -> argparse.Namespace:
+    """A resumed sweep keeps the flags it started with; only how to reach Ray and how to print may change."""
+    saved_file = experiment_dir / SETTINGS_FILE
+    if not args.resume:
+        return args
+    if not saved_file.is_file():
+        raise UserError(f"--resume: {experiment_dir} holds no sweep started by tune_main.py ({SETTINGS_FILE} "
+                        "missing); check --storage-path and --name")
+    saved = json.loads(saved_file.read_text())
+    saved.update(resume=True, address=args.address, verbose=args.verbose, dry_run=args.dry_run)
+    return argparse.Namespace(**saved)
+
+
+def plan(args, space, base_notes: list[str], resources: str, experiment_dir: Path) -> str:
+    searched = ", ".join(f"{k}~{kind}{vals}" for k, (kind, vals) in space.searched.items()) or "nothing"
+    fixed = ", ".join(f"{k}={v}" for k, v in space.fixed.items()) or "none"
+    sched = (f"ASHA (grace {args.grace_period}, reduction {args.reduction_factor}, max {args.max_epochs} epochs)"
+             if args.scheduler == "asha" else f"FIFO ({args.max_epochs} epochs each)")
+    lines = [f"space {space.name} ({space.path}): {space.description}", f"  searched: {searched}",
+             f"  fixed: {fixed}",
+             f"search {args.search} (seed {args.seed}), {args.num_samples} samples, scheduler {sched}",
+             f"metric {SWEEP_METRIC} ({SWEEP_MODE}); per trial {args.cpus_per_trial:g} CPU, "
+             f"{args.gpus_per_trial:g} GPU; max concurrent {args.max_concurrent or 'as resources allow'}",
+             f"resources: {resources}", *base_notes, f"experiment: {experiment_dir}"]
+    return "\n".join(lines)
+
+
+@cli_entry
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list_spaces:
+        for name, description in list_spaces():
+            print(f"{name:12s} {description}")
+        return 0
+    experiment_dir = Path(args.storage_path).resolve() / args.name
+    args = settings_for(args, experiment_dir)
+    prepare.check_flags(args)
+    if experiment_dir.exists() and not args.resume and any(experiment_dir.iterdir()):
+        raise UserError(f"--name {args.name}: {experiment_dir} already holds an experiment; add --resume to "
+                        "continue it or choose another --name (nothing is overwritten)")
+    space = load_space(args.space, prepare.parse_sets(args.set), args.search)
+    data_dir = Path(args.data_dir).resolve()
+    if not args.dry_run:
+        prepare.ensure_dataset(data_dir, args.synthetic, args.download)
+    base = prepare.base_config(space, data_dir, args.max_epochs)
+    notes = prepare.prepare_assets(prepare.candidate_configs(space, base))
+
+    import ray
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    if args.address:
+        ray.init(address=args.address, logging_level=logging.WARNING)
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        resources = prepare.check_resources(args.cpus_per_trial, args.gpus_per_trial, ray.cluster_resources(),
+                                            [n["Resources"].get("CPU", 0.0) for n in nodes])
+    else:
+        resources = prepare.check_resources(args.cpus_per_trial, args.gpus_per_trial)
+    print(plan(args, space, notes, resources, experiment_dir), flush=True)
+    if args.dry_run:
+        print("dry run: nothing started")
+        return 0
+    if not args.address:
+        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+    experiment_dir.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        (experiment_dir / SETTINGS_FILE).write_text(json.dumps(vars(args), indent=2))
+
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from segtune.results import format_summary, summarise
+    from segtune.search import build_search
+    from segtune.trial import train_trial
+
+    trainable = tune.with_resources(tune.with_parameters(train_trial, base=base, cpus=args.cpus_per_trial),
+                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    if args.resume:
+        tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True)
+    else:
+        # one training_iteration = one epoch: every trial reports once per epoch
+        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=args.max_epochs,
+                                   grace_period=args.grace_period, reduction_factor=args.reduction_factor)
+                     if args.scheduler == "asha" else FIFOScheduler())
+        search = build_search(args.search, SWEEP_METRIC, SWEEP_MODE, args.seed, experiment_dir, args.name,
+                              args.max_epochs, args.num_samples)
+        tuner = tune.Tuner(
+            trainable,
+            param_space=space.to_tune(),
+            tune_config=tune.TuneConfig(metric=SWEEP_METRIC, mode=SWEEP_MODE, search_alg=search,
+                                        scheduler=scheduler, num_samples=args.num_samples,
+                                        max_concurrent_trials=args.max_concurrent, reuse_actors=True,
+                                        trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
+            run_config=tune.RunConfig(
+                name=args.name, storage_path=str(experiment_dir.parent),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SWEEP_METRIC,
+                                                        checkpoint_score_order=SWEEP_MODE),
+                failure_config=tune.FailureConfig(max_failures=args.max_failures),
+                verbose=2 if args.verbose else 1),
+        )
+    results = tuner.fit()
+    summary = summarise(results, list(space.searched), base, args.max_epochs, experiment_dir)
+    print(format_summary(summary), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
