@@ -6,12 +6,13 @@ choices listed, as a single ``UserError``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Mapping, Union, get_args, get_origin, get_type_hints
+from typing import Any, Mapping, Optional, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -85,7 +86,7 @@ class TrainConfig:
     # ----- construction -------------------------------------------------------------------------------------
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
-        """Build and validate; unknown keys and wrong types are reported together with ``source`` named."""
+        """Build and validate; unknown keys, wrong types and bad values are all reported together."""
         known = {f.name for f in fields(cls)}
         problems = [f"unknown key '{k}' (valid keys: {', '.join(sorted(known))})" for k in values if k not in known]
         kwargs = {}
@@ -96,9 +97,11 @@ class TrainConfig:
                     kwargs[key] = coerce(value, hints[key])
                 except (TypeError, ValueError) as err:
                     problems.append(f"key '{key}': {err}")
+        config = cls(**kwargs)  # the keys that converted, over the defaults: their values can still be checked
+        problems += config.problems()
         if problems:
             raise UserError(f"invalid {source}:", problems)
-        return cls(**kwargs).validate(source)
+        return config
 
     @classmethod
     def from_file(cls, path: Union[str, os.PathLike]) -> "TrainConfig":
@@ -158,6 +161,10 @@ class TrainConfig:
             p.append(f"key 'val_fraction': must be between 0 and 1 (exclusive), got {self.val_fraction}")
         if not _valid_devices(self.devices):
             p.append(f"key 'devices': '{self.devices}' is not 'auto', a count like '2' or a list like '0,1'")
+        if not any(k in m for m in p for k in ("'arch'", "'encoder'", "'image_size'")):
+            problem = model_problem(self.arch, self.encoder, self.image_size)
+            if problem:
+                p.append(problem)
         return p
 
     def _weights_problems(self) -> list[str]:
@@ -186,6 +193,24 @@ class TrainConfig:
     @property
     def frozen_parts(self) -> list[str]:
         return [part for part in ("encoder", "decoder", "head") if getattr(self, f"freeze_{part}")]
+
+
+@functools.lru_cache(maxsize=256)
+def model_problem(arch: str, encoder: str, image_size: int) -> Optional[str]:
+    """Build the network on PyTorch's meta device (no memory, no weights) and run one forward at ``image_size``:
+    catches encoders an architecture does not support and sizes too small for its pooling, in ~0.1 s."""
+    import segmentation_models_pytorch as smp
+    import torch
+
+    try:
+        with torch.device("meta"):
+            model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None).eval()
+            model(torch.empty(1, 3, image_size, image_size))
+    except (ValueError, RuntimeError, AssertionError, KeyError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        return (f"keys 'arch', 'encoder', 'image_size': {arch} with encoder {encoder} at {image_size}px "
+                f"does not build or run: {first}")
+    return None
 
 
 def _valid_devices(devices: str) -> bool:

@@ -47,7 +47,11 @@ def read_split(root: Path, split: str) -> tuple[list[str], list[str]]:
     if not path.is_file():
         return [], [f"{path}: split file not found"]
     names, problems = [], []
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        return [], [f"{path}: not a UTF-8 text file"]
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.startswith("#"):
             continue
         name = line.split()[0]
@@ -135,13 +139,13 @@ class PetsDataModule(pl.LightningDataModule):
             names, split_problems = read_split(root, split)
             problems += split_problems
             listed[split] = names
-        for split, names in listed.items():
-            if not problems and split not in self.decoded:
-                self.decoded[split], decode_problems = decode_split(
-                    root, split, names, self.cfg.image_size, num_threads=max(1, self.cfg.num_workers))
+            if names and split not in self.decoded:
+                # decode even when other problems were found: the user gets every problem in one report
+                decoded, decode_problems = decode_split(root, split, names, self.cfg.image_size,
+                                                        num_threads=max(1, self.cfg.num_workers))
                 problems += decode_problems
-            elif problems:  # still list missing files so the user fixes everything in one go
-                problems += [p for n in names for p in _missing(root, n)]
+                if not split_problems and decoded is not None:
+                    self.decoded[split] = decoded
         if problems:
             shown = problems[:MAX_PROBLEMS_LISTED]
             more = len(problems) - len(shown)
@@ -177,10 +181,3 @@ class PetsDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
 
-
-def _missing(root: Path, name: str) -> list[str]:
-    out = []
-    for path, what in ((image_path(root, name), "image"), (trimap_path(root, name), "trimap")):
-        if not path.is_file():
-            out.append(f"{path}: {what} listed in a split file but missing")
-    return out

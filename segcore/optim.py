@@ -44,7 +44,7 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_st
                 "interval": "step"}
     if cfg.scheduler == "onecycle":
         return {"scheduler": sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
-                                              cycle_momentum=cfg.optimizer == "sgd"), "interval": "step"}
+                                              cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0), "interval": "step"}
     if cfg.scheduler == "cyclic":
         # triangular2 cycles of two epochs between lr/10 and lr; momentum cycles only where SGD has one
         return {"scheduler": sched.CyclicLR(optimizer, base_lr=cfg.lr / 10, max_lr=cfg.lr,

@@ -84,11 +84,15 @@ def quiet_lightning() -> None:
                  "lightning_fabric.utilities.seed"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
+    # frozen parts are in eval mode on purpose (their BatchNorm statistics must not move)
+    warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
 
 
 def run(cfg: TrainConfig, output_dir: Path, download: bool = False, progress: bool = True) -> dict[str, Any]:
     """Check everything, fit, then validate and test the best checkpoint; returns the metrics written."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise UserError(f"--output_dir {output_dir}: exists and is not a folder")
     if output_dir.exists() and any(output_dir.iterdir()):
         raise UserError(f"--output_dir {output_dir}: already holds files; choose an empty or new folder "
                         "(nothing is overwritten)")

@@ -1,6 +1,7 @@
 """Everything checked and prepared by the driver before any trial starts: flags, data, weights, resources."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
 from pathlib import Path
@@ -74,12 +75,16 @@ def base_config(space: Space, data_dir: Path, max_epochs: int) -> dict[str, Any]
 def candidate_configs(space: Space, base: dict[str, Any]) -> list[TrainConfig]:
     """One config per distinct value of every key that changes what the driver must prepare."""
     fixed = to_config_values({k: v for k, v in space.fixed.items()})
-    configs = []
-    for size in space.values_of("image_size"):
-        for encoder in space.values_of("encoder"):
-            for weights in space.values_of("encoder_weights"):
-                values = {**base, **fixed, "image_size": size, "encoder": encoder, "encoder_weights": weights}
-                configs.append(TrainConfig.from_dict(values, source=str(space.path)))
+    configs, problems = [], []
+    for size, encoder, weights, arch in itertools.product(*(space.values_of(k) for k in
+                                                            ("image_size", "encoder", "encoder_weights", "arch"))):
+        values = {**base, **fixed, "image_size": size, "encoder": encoder, "encoder_weights": weights, "arch": arch}
+        try:  # every arch x encoder x size pairing a trial may draw must build
+            configs.append(TrainConfig.from_dict(values, source=str(space.path)))
+        except UserError as err:
+            problems += err.problems
+    if problems:
+        raise UserError(f"search space {space.path}:", list(dict.fromkeys(problems)))
     return configs
 
 

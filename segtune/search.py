@@ -26,6 +26,20 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self.max_t = max_t
         self.time_attr = time_attr
         self._reported: dict[str, set[int]] = {}  # steps told to Optuna per trial (saved with the searcher)
+        self._orphans: list[optuna.trial.Trial] = []
+
+    def restore(self, checkpoint_path: str) -> None:
+        """After a killed driver the study may hold proposals asked after the searcher's last saved state: give them
+        to the next trials instead of asking anew, so the study keeps one Optuna trial per Tune trial."""
+        super().restore(checkpoint_path)
+        known = {t._trial_id for t in self._ot_trials.values()}
+        running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        self._orphans = [optuna.trial.Trial(self._ot_study, t._trial_id) for t in running if t._trial_id not in known]
+
+    def suggest(self, trial_id: str) -> Optional[dict]:
+        if trial_id not in self._ot_trials and self._orphans:
+            self._ot_trials[trial_id] = self._orphans.pop(0)
+        return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
@@ -43,7 +57,11 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if result:  # Tune hands a trial's final result here, not to on_trial_result
             self.on_trial_result(trial_id, result)
         state, value = outcome(result, error, self.metric, self.time_attr, self.max_t)
-        self._ot_study.tell(self._ot_trials[trial_id], value, state=state)
+        ot_trial = self._ot_trials[trial_id]
+        # After a killed driver, Tune may finish again a trial whose end Optuna already recorded (the searcher's
+        # saved state predates it): the study keeps the first, real ending.
+        if not self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
 
 
