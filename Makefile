@@ -18,11 +18,10 @@ $(STAMP): requirements.txt
 	$(PY) -c "import torch, pytorch_lightning, segmentation_models_pytorch, ray.tune, optuna"
 	touch $(STAMP)
 
-DEMO_DATA := data/synthetic
+# The main job on its embedded default: a small sweep (8 trials, ASHA) on a generated stand-in dataset
 demo: $(STAMP)
-	test -d $(DEMO_DATA)/images || $(PY) -m segcore.synthetic $(DEMO_DATA) --num 120
-	$(PY) -m segcore.train --data_dir $(DEMO_DATA) --output_dir outputs/demo-$$(date +%Y%m%d-%H%M%S) \
-	    --encoder resnet18 --encoder_weights none --image_size 96 --batch_size 16 --epochs 3 --num_workers 0
+	$(PY) tune_main.py --synthetic --data-dir data/synthetic --space smoke --num-samples 8 --max-epochs 4 \
+	    --grace-period 1 --reduction-factor 2 --name demo-$$(date +%Y%m%d-%H%M%S)
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests
