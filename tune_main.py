@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -16,13 +15,18 @@ from typing import Optional, Sequence
 
 from segcore.errors import UserError, cli_entry
 from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
-from segtune import prepare
+from segtune import cluster, prepare
+from segtune.assets import build_assets
 from segtune.spaces import list_spaces, load_space
+from segtune.storage import Storage
 
 # Each epoch's checkpoint forces an experiment snapshot: that is what makes --resume lose nothing, not a problem.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 SETTINGS_FILE = "sweep.json"  # the flags a sweep started with; --resume reads them back
+# Trials get data and weights from the driver through the object store: they must not reach the Hugging Face hub
+# or read its cache (which a node without a shared filesystem would not have). Enforced, so a slip fails loudly.
+TRIAL_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent/segsweep-trials-get-weights-from-the-driver"}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,9 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=("asha", "fifo"), default="asha", help="asha stops weak trials early")
     p.add_argument("--cpus-per-trial", type=float, default=1.0)
     p.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractional allowed: 0.25 = 4 trials/GPU")
+    p.add_argument("--workers-per-trial", type=int, default=1,
+                   help="DDP workers per trial (Ray Train); --cpus/--gpus-per-trial are then per worker")
     p.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as resources allow)")
     p.add_argument("--max-failures", type=int, default=0, help="retries of a trial that raises")
-    p.add_argument("--storage-path", default="results", help="where experiments are kept (shared on clusters)")
+    p.add_argument("--storage-path", default="results",
+                   help="where experiments are kept: a local or shared path, or an s3:// / gs:// URI")
     p.add_argument("--name", default="sweep", help="experiment name: <storage-path>/<name>")
     p.add_argument("--resume", action="store_true", help="continue the interrupted sweep <storage-path>/<name>")
     p.add_argument("--address", default=None, help="join a running Ray cluster (default: start a local one)")
@@ -69,17 +76,18 @@ def settings_for(args: argparse.Namespace, experiment_dir: Path) -> argparse.Nam
     return argparse.Namespace(**saved)
 
 
-def plan(args, space, base_notes: list[str], resources: str, experiment_dir: Path) -> str:
+def plan(args, space, base_notes: list[str], resources: str, experiment: str) -> str:
     searched = ", ".join(f"{k}~{kind}{vals}" for k, (kind, vals) in space.searched.items()) or "nothing"
     fixed = ", ".join(f"{k}={v}" for k, v in space.fixed.items()) or "none"
+    workers = f", {args.workers_per_trial} DDP workers each" if args.workers_per_trial > 1 else ""
     sched = (f"ASHA (grace {args.grace_period}, reduction {args.reduction_factor}, max {args.max_epochs} epochs)"
              if args.scheduler == "asha" else f"FIFO ({args.max_epochs} epochs each)")
     lines = [f"space {space.name} ({space.path}): {space.description}", f"  searched: {searched}",
              f"  fixed: {fixed}",
              f"search {args.search} (seed {args.seed}), {args.num_samples} samples, scheduler {sched}",
              f"metric {SWEEP_METRIC} ({SWEEP_MODE}); per trial {args.cpus_per_trial:g} CPU, "
-             f"{args.gpus_per_trial:g} GPU; max concurrent {args.max_concurrent or 'as resources allow'}",
-             f"resources: {resources}", *base_notes, f"experiment: {experiment_dir}"]
+             f"{args.gpus_per_trial:g} GPU{workers}; max concurrent {args.max_concurrent or 'as resources allow'}",
+             f"resources: {resources}", *base_notes, f"experiment: {experiment}"]
     return "\n".join(lines)
 
 
@@ -90,73 +98,80 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, description in list_spaces():
             print(f"{name:12s} {description}")
         return 0
-    experiment_dir = Path(args.storage_path).resolve() / args.name
-    args = settings_for(args, experiment_dir)
+    storage = Storage(args.storage_path, args.name)
+    args = settings_for(args, storage.local)
     prepare.check_flags(args)
-    if experiment_dir.exists() and not args.resume and any(experiment_dir.iterdir()):
-        raise UserError(f"--name {args.name}: {experiment_dir} already holds an experiment; add --resume to "
+    if storage.local.exists() and not args.resume and any(storage.local.iterdir()):
+        raise UserError(f"--name {args.name}: {storage.local} already holds an experiment; add --resume to "
                         "continue it or choose another --name (nothing is overwritten)")
     space = load_space(args.space, prepare.parse_sets(args.set), args.search)
     data_dir = Path(args.data_dir).resolve()
-    if not args.dry_run:
-        prepare.ensure_dataset(data_dir, args.synthetic, args.download)
+    pending = prepare.ensure_dataset(data_dir, args.synthetic, args.download, dry_run=args.dry_run)
     base = prepare.base_config(space, data_dir, args.max_epochs)
-    notes = prepare.prepare_assets(prepare.candidate_configs(space, base))
+    configs = prepare.candidate_configs(space, base)
+    if args.dry_run and not args.address:  # check the request against this machine without starting Ray
+        resources = cluster.check_resources(args.cpus_per_trial, args.gpus_per_trial, args.workers_per_trial)
+    # data decoded and weights fetched once, here, before any trial
+    assets, notes = build_assets(configs, data=pending is None)
+    notes += [pending] if pending else []
 
-    import ray
-
-    logging.getLogger("ray").setLevel(logging.WARNING)
-    if args.address:
-        ray.init(address=args.address, logging_level=logging.WARNING)
-        nodes = [n for n in ray.nodes() if n.get("Alive")]
-        resources = prepare.check_resources(args.cpus_per_trial, args.gpus_per_trial, ray.cluster_resources(),
-                                            [n["Resources"].get("CPU", 0.0) for n in nodes])
-    else:
-        resources = prepare.check_resources(args.cpus_per_trial, args.gpus_per_trial)
-    print(plan(args, space, notes, resources, experiment_dir), flush=True)
+    if not (args.dry_run and not args.address):
+        ray_cluster = cluster.connect(args.address, TRIAL_ENV)
+        resources = cluster.check_resources(args.cpus_per_trial, args.gpus_per_trial, args.workers_per_trial,
+                                            ray_cluster.resources, ray_cluster.node_cpus)
+        if len(ray_cluster.hosts) > 1 and not storage.is_uri:
+            cluster.check_storage_shared(storage.local.parent, ray_cluster.node_ids)
+    print(plan(args, space, notes, resources, storage.shown), flush=True)
     if args.dry_run:
         print("dry run: nothing started")
         return 0
-    if not args.address:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
-    experiment_dir.mkdir(parents=True, exist_ok=True)
+    storage.local.mkdir(parents=True, exist_ok=True)
     if not args.resume:
-        (experiment_dir / SETTINGS_FILE).write_text(json.dumps(vars(args), indent=2))
+        (storage.local / SETTINGS_FILE).write_text(json.dumps(vars(args), indent=2))
 
+    import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from segtune.results import format_summary, summarise
     from segtune.search import build_search
-    from segtune.trial import train_trial
+    from segtune.trial import EPOCH, train_trial
 
-    trainable = tune.with_resources(tune.with_parameters(train_trial, base=base, cpus=args.cpus_per_trial),
-                                    {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    workers = args.workers_per_trial
+    trainable = tune.with_parameters(train_trial, base=base, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial,
+                                     workers=workers, assets_ref=[ray.put(assets)],
+                                     storage=storage.ray_path_of_experiment)
+    # A DDP trial's own process only coordinates (a sliver of a CPU); its Ray Train workers hold the CPUs / GPUs.
+    trial_resources = ({"cpu": cluster.DDP_DRIVER_CPU} if workers > 1
+                       else {"cpu": args.cpus_per_trial, "gpu": args.gpus_per_trial})
+    trainable = tune.with_resources(trainable, trial_resources)
+    max_concurrent = args.max_concurrent or cluster.trial_concurrency(
+        args.cpus_per_trial, args.gpus_per_trial, workers, ray_cluster.resources)
     if args.resume:
-        tuner = tune.Tuner.restore(str(experiment_dir), trainable=trainable, resume_unfinished=True)
+        tuner = tune.Tuner.restore(storage.ray_path_of_experiment, trainable=trainable, resume_unfinished=True)
     else:
-        # one training_iteration = one epoch: every trial reports once per epoch
-        scheduler = (ASHAScheduler(time_attr="training_iteration", max_t=args.max_epochs,
-                                   grace_period=args.grace_period, reduction_factor=args.reduction_factor)
+        scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=args.max_epochs, grace_period=args.grace_period,
+                                   reduction_factor=args.reduction_factor)
                      if args.scheduler == "asha" else FIFOScheduler())
-        search = build_search(args.search, SWEEP_METRIC, SWEEP_MODE, args.seed, experiment_dir, args.name,
+        search = build_search(args.search, SWEEP_METRIC, SWEEP_MODE, args.seed, storage.local, args.name,
                               args.max_epochs, args.num_samples)
         tuner = tune.Tuner(
             trainable,
             param_space=space.to_tune(),
             tune_config=tune.TuneConfig(metric=SWEEP_METRIC, mode=SWEEP_MODE, search_alg=search,
                                         scheduler=scheduler, num_samples=args.num_samples,
-                                        max_concurrent_trials=args.max_concurrent, reuse_actors=True,
+                                        max_concurrent_trials=max_concurrent, reuse_actors=workers == 1,
                                         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
             run_config=tune.RunConfig(
-                name=args.name, storage_path=str(experiment_dir.parent),
+                name=args.name, storage_path=storage.ray_path,
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SWEEP_METRIC,
                                                         checkpoint_score_order=SWEEP_MODE),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
                 verbose=2 if args.verbose else 1),
         )
     results = tuner.fit()
-    summary = summarise(results, list(space.searched), base, args.max_epochs, experiment_dir)
+    summary = summarise(results, list(space.searched), base, args.max_epochs, storage.local)
+    storage.upload()
     print(format_summary(summary), flush=True)
     return 0
 

@@ -117,12 +117,15 @@ class DataSummary:
 
 
 class PetsDataModule(pl.LightningDataModule):
-    def __init__(self, config: TrainConfig, download: bool = False, pin_memory: Optional[bool] = None):
+    def __init__(self, config: TrainConfig, download: bool = False, pin_memory: Optional[bool] = None,
+                 decoded: Optional[dict[str, DecodedSplit]] = None):
+        """``decoded``: splits decoded elsewhere (e.g. by a sweep's driver, shipped to another node); with it the
+        data dir is not read at all."""
         super().__init__()
         self.cfg = config
         self.download = download
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
-        self.decoded: dict[str, DecodedSplit] = {}
+        self.decoded: dict[str, DecodedSplit] = dict(decoded or {})
 
     def prepare_data(self) -> None:
         if self.download:
@@ -157,7 +160,8 @@ class PetsDataModule(pl.LightningDataModule):
 
     def setup(self, stage: Optional[str] = None) -> None:
         splits = ("trainval",) if stage in ("fit", "validate") else ("test",) if stage == "test" else SPLIT_FILES
-        self.check(splits)
+        if not all(s in self.decoded for s in splits):
+            self.check(splits)
         if "trainval" in self.decoded:
             train_idx, val_idx = split_trainval(len(self.decoded["trainval"]), self.cfg.val_fraction, self.cfg.seed)
             self.train_set = PetsSegmentation(self.decoded["trainval"], train_idx, self.cfg.border, augment=True)

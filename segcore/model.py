@@ -39,12 +39,18 @@ def normalisation(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 class SegmentationModule(pl.LightningModule):
-    def __init__(self, config: dict[str, Any]):
+    def __init__(self, config: dict[str, Any], encoder_state: Optional[dict[str, torch.Tensor]] = None):
+        """``encoder_state``: pretrained encoder weights fetched elsewhere (a sweep's driver); given, nothing is
+        downloaded or read from the weights cache here."""
         super().__init__()
-        self.save_hyperparameters()  # the config dict: checkpoints rebuild the module from it alone
+        self.save_hyperparameters(ignore=["encoder_state"])  # the config: checkpoints rebuild the module from it
         self.cfg = TrainConfig.from_dict(config)
         cfg = self.cfg
-        self.net = create_model(cfg.arch, cfg.encoder, cfg.encoder_weights)
+        if encoder_state is not None:
+            self.net = create_model(cfg.arch, cfg.encoder, "none")
+            self.net.encoder.load_state_dict(encoder_state)
+        else:
+            self.net = create_model(cfg.arch, cfg.encoder, cfg.encoder_weights)
         mean, std = normalisation(cfg.encoder)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
@@ -55,6 +61,16 @@ class SegmentationModule(pl.LightningModule):
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.val_sample: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "SegmentationModule":
+        """Rebuild from a Lightning checkpoint (ours or a sweep trial's) without fetching pretrained weights:
+        the checkpoint holds every weight, so the encoder is built empty and then loaded."""
+        checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+        config = dict(checkpoint["hyper_parameters"]["config"], encoder_weights="none")
+        module = cls(config)
+        module.load_state_dict(checkpoint["state_dict"])
+        return module.eval()
 
     # ----- freezing -----------------------------------------------------------------------------------------
     def _parts(self) -> dict[str, nn.Module]:
@@ -88,7 +104,8 @@ class SegmentationModule(pl.LightningModule):
         loss = self.loss_fn(logits, target)
         batch_size = images.shape[0]
         if stage == "train":
-            self.log(TRAIN_LOSS, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size)
+            self.log(TRAIN_LOSS, loss, on_step=False, on_epoch=True, prog_bar=True, batch_size=batch_size,
+                     sync_dist=True)  # reduced across DDP ranks once, at epoch end
         else:
             self.metrics[stage].update(logits, masks)
             self.log(stage_metric(stage, "loss"), loss, on_epoch=True, batch_size=batch_size, sync_dist=True)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence
@@ -70,8 +69,8 @@ def make_trainer(cfg: TrainConfig, output_dir: Optional[Path], callbacks: Iterab
     return pl.Trainer(**kwargs)
 
 
-def build_module(cfg: TrainConfig) -> SegmentationModule:
-    module = SegmentationModule(cfg.to_dict())
+def build_module(cfg: TrainConfig, encoder_state: Optional[dict] = None) -> SegmentationModule:
+    module = SegmentationModule(cfg.to_dict(), encoder_state=encoder_state)
     if cfg.compile:
         log.info("compiling the network with torch.compile")
         module.net = torch.compile(module.net)

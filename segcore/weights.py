@@ -133,6 +133,13 @@ def load_encoder_file(model: torch.nn.Module, path: Path) -> None:
         raise UserError(f"encoder_weights file {path}: does not match encoder ({first})") from None
 
 
+def encoder_state(encoder: str, weights: str) -> Optional[dict[str, torch.Tensor]]:
+    """The encoder's pretrained state dict (fetched or read from the cache once), or None for 'none'."""
+    if weights == "none":
+        return None
+    return create_model("fpn", encoder, weights).encoder.state_dict()
+
+
 def prefetch(encoder: str, weights: str = "imagenet") -> bool:
     """Download an encoder's weights into the HF cache; True if they were already there."""
     if weights == "none" or Path(weights).is_file():

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import re
 from pathlib import Path
 from typing import Any, Optional
@@ -45,8 +44,11 @@ def check_flags(args) -> None:
         problems.append(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
     if args.gpus_per_trial < 0:
         problems.append(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
-    elif args.gpus_per_trial > 1 and not float(args.gpus_per_trial).is_integer():
-        problems.append(f"--gpus-per-trial above 1 must be a whole number, got {args.gpus_per_trial}")
+    elif args.gpus_per_trial > 1:
+        problems.append(f"--gpus-per-trial {args.gpus_per_trial:g}: a trial process drives one GPU (or a share); "
+                        "for several GPUs per trial use --workers-per-trial N with --gpus-per-trial 1")
+    if args.workers_per_trial < 1:
+        problems.append(f"--workers-per-trial must be >= 1, got {args.workers_per_trial}")
     if args.max_concurrent is not None and args.max_concurrent < 1:
         problems.append(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     if args.max_failures < 0:
@@ -88,9 +90,19 @@ def candidate_configs(space: Space, base: dict[str, Any]) -> list[TrainConfig]:
     return configs
 
 
-def ensure_dataset(data_dir: Path, synthetic: bool, download: bool) -> None:
+def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, dry_run: bool = False) -> Optional[str]:
+    """Generate or download the dataset when asked and absent. In a dry run nothing is fetched: returns what
+    would happen instead (and the data check is then skipped)."""
     from segcore.data import find_root
 
+    if dry_run:
+        try:
+            find_root(data_dir)
+            return None
+        except UserError:
+            if synthetic or download:
+                return f"dataset: {data_dir} is empty; it would be {'generated' if synthetic else 'downloaded'}"
+            raise
     if synthetic:
         try:
             find_root(data_dir)
@@ -104,38 +116,3 @@ def ensure_dataset(data_dir: Path, synthetic: bool, download: bool) -> None:
         from segcore.download import download_pets
 
         download_pets(data_dir)
-
-
-def prepare_assets(configs: list[TrainConfig]) -> list[str]:
-    """Check and decode the data at every image size, and make every encoder's weights available locally."""
-    from segcore.data import PetsDataModule
-    from segcore.weights import prefetch
-
-    notes = []
-    for size in sorted({c.image_size for c in configs}):
-        cfg = next(c for c in configs if c.image_size == size)
-        summary = PetsDataModule(cfg).check()
-        notes.append(f"data {summary.root} at {size}px: train {summary.train}, val {summary.val}, "
-                     f"test {summary.test}")
-    for encoder, weights in sorted({(c.encoder, c.encoder_weights) for c in configs}):
-        prefetch(encoder, weights)
-        notes.append(f"weights {encoder}: {weights}")
-    return notes
-
-
-def check_resources(cpus_per_trial: float, gpus_per_trial: float, cluster: Optional[dict[str, float]] = None,
-                    node_cpus: Optional[list[float]] = None) -> str:
-    """Refuse requests no node can meet. ``cluster`` defaults to this machine (no Ray needed for a dry run)."""
-    if cluster is None:
-        import torch
-
-        cluster = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
-        node_cpus = [cluster["CPU"]]
-    gpus = cluster.get("GPU", 0.0)
-    if gpus_per_trial > 0 and gpus < max(gpus_per_trial, 1e-9):
-        raise UserError(f"--gpus-per-trial {gpus_per_trial}: the cluster has {gpus:g} GPU(s)"
-                        + ("; use --gpus-per-trial 0 to train on CPUs" if gpus == 0 else ""))
-    biggest = max(node_cpus or [cluster.get("CPU", 0.0)])
-    if cpus_per_trial > biggest:
-        raise UserError(f"--cpus-per-trial {cpus_per_trial:g}: no node has that many CPUs (largest: {biggest:g})")
-    return f"{cluster.get('CPU', 0):g} CPUs, {gpus:g} GPUs"

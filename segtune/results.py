@@ -12,6 +12,7 @@ import yaml
 
 from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
 from segtune.spaces import to_config_values
+from segtune.trial import EPOCH
 
 COMPLETED, STOPPED, ERRORED, UNFINISHED = "completed", "stopped early", "errored", "unfinished"
 
@@ -27,6 +28,9 @@ class TrialRow:
     wall_time_s: float
     hostname: str
     node_ip: str
+    node_id: str
+    device: str
+    world_size: int
     path: str
     error: str
 
@@ -35,7 +39,8 @@ class TrialRow:
         row.update({f"param.{k}": self.params.get(k, "") for k in param_keys})
         row.update({f"last_{SWEEP_METRIC}": _fmt(self.last), f"best_{SWEEP_METRIC}": _fmt(self.best),
                     "epochs": self.epochs, "wall_time_s": round(self.wall_time_s, 2), "hostname": self.hostname,
-                    "node_ip": self.node_ip, "path": self.path, "error": self.error})
+                    "node_ip": self.node_ip, "node_id": self.node_id, "device": self.device,
+                    "world_size": self.world_size, "path": self.path, "error": self.error})
         return row
 
 
@@ -58,7 +63,7 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
         df = result.metrics_dataframe
         history = [] if df is None or SWEEP_METRIC not in df else [_finite(v) for v in df[SWEEP_METRIC]]
         history = [v for v in history if v is not None]
-        epochs = int(metrics.get("training_iteration") or 0)
+        epochs = int(metrics.get(EPOCH) or 0)
         if result.error is not None:
             status = ERRORED
         elif epochs >= max_epochs:
@@ -73,7 +78,9 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
             params={k: result.config.get(k) for k in searched_keys},
             last=_finite(metrics.get(SWEEP_METRIC)), best=max(history) if history else None, epochs=epochs,
             wall_time_s=float(metrics.get("time_total_s") or 0.0), hostname=str(metrics.get("hostname", "")),
-            node_ip=str(metrics.get("node_ip", "")), path=str(result.path), error=error))
+            node_ip=str(metrics.get("node_ip", "")), node_id=str(metrics.get("node_id", "")),
+            device=str(metrics.get("device", "")), world_size=int(metrics.get("world_size") or 0),
+            path=str(result.path), error=error))
     return sorted(rows, key=lambda r: r.trial_id)
 
 
@@ -100,10 +107,15 @@ def write_best(best, base: dict[str, Any], experiment_dir: Path) -> dict[str, An
 
     cfg = trial_config(best.config, base)
     cfg.save(experiment_dir / "best_config.yaml")
-    checkpoint = best.get_best_checkpoint(SWEEP_METRIC, SWEEP_MODE) if best.best_checkpoints else best.checkpoint
-    ckpt_path = str(Path(checkpoint.path) / CHECKPOINT_FILE) if checkpoint is not None else None
     df = best.metrics_dataframe
     value = float(df[SWEEP_METRIC].max()) if df is not None and SWEEP_METRIC in df else None
+    checkpoint = best.get_best_checkpoint(SWEEP_METRIC, SWEEP_MODE) if best.best_checkpoints else best.checkpoint
+    if checkpoint is not None:
+        ckpt_path = str(Path(checkpoint.path) / CHECKPOINT_FILE)
+    elif df is not None and "checkpoint_path" in df:  # DDP trials: Ray Train keeps the checkpoints
+        ckpt_path = str(Path(df.loc[df[SWEEP_METRIC].idxmax(), "checkpoint_path"]) / CHECKPOINT_FILE)
+    else:
+        ckpt_path = None
     return {"best_value": value, "best_params": best.config, "best_config": cfg.to_dict(),
             "best_checkpoint": ckpt_path, "best_trial_path": str(best.path)}
 

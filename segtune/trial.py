@@ -1,25 +1,30 @@
-"""One Tune trial: a segcore training run that reports every epoch to Tune with a checkpoint to resume from."""
+"""One Tune trial: a segcore training run that reports every epoch to Tune with a checkpoint to resume from.
+
+A trial trains in its own process, or, with ``--workers-per-trial N``, with DDP over N Ray Train workers (gloo on
+CPU, nccl on GPU) started from inside the trial; either way it reads the driver's assets from the object store.
+"""
 from __future__ import annotations
 
 import logging
 import os
 import socket
 import tempfile
-from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytorch_lightning as pl
+import ray
 import torch
 from ray import tune
-from ray.tune.integration.pytorch_lightning import TuneReportCheckpointCallback
 
 from segcore.config import TrainConfig
 from segcore.data import PetsDataModule
+from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
 from segcore.train import build_module, describe_device, make_trainer, quiet_lightning
 from segtune.spaces import to_config_values
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.ckpt"
+EPOCH = "epoch"  # the time attribute: ASHA's rungs and Optuna's steps count epochs
 
 
 def trial_config(params: dict[str, Any], base: dict[str, Any]) -> TrainConfig:
@@ -27,20 +32,91 @@ def trial_config(params: dict[str, Any], base: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_dict({**base, **to_config_values(params)}, source="trial config")
 
 
-def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float) -> None:
-    quiet_lightning()
-    torch.set_num_threads(max(1, int(cpus)))  # the trial's CPU share, not the whole node
-    cfg = trial_config(params, base)
+def placement(world_size: int) -> dict[str, Any]:
+    """Where this process trains, reported with every result (and so in trials.csv)."""
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
+            "device": device, "world_size": world_size}
+
+
+class ReportEachEpoch(pl.Callback):
+    """At each epoch end: the epoch's metrics, where it ran, and a Lightning checkpoint, reported to Ray.
+
+    Runs after validation (Lightning 2 validates before ``on_train_epoch_end``), so a report holds the epoch's
+    train loss and validation metrics together.
+    """
+
+    def __init__(self, report: Callable, checkpoint_cls: type, extra: dict[str, Any]):
+        self.report, self.checkpoint_cls, self.extra = report, checkpoint_cls, extra
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        metrics.update(self.extra, **{EPOCH: trainer.current_epoch + 1})
+        with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as folder:
+            trainer.save_checkpoint(os.path.join(folder, CHECKPOINT_FILE))  # every rank: it may synchronise
+            checkpoint = self.checkpoint_cls.from_directory(folder) if trainer.global_rank == 0 else None
+            self.report(metrics, checkpoint=checkpoint)
+        trainer.strategy.barrier()
+
+
+def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, **trainer_overrides: Any) -> None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = PetsDataModule(cfg)  # the driver has checked and decoded the data: this only maps the cache
-    module = build_module(cfg)
-    log.info("%s on %s", describe_device(cfg), socket.gethostname())
-    report = TuneReportCheckpointCallback(filename=CHECKPOINT_FILE, on="train_epoch_end")
-    trainer = make_trainer(cfg, None, callbacks=[report], logger=False, checkpoint=False,
-                           enable_progress_bar=False, enable_model_summary=False)
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
+    datamodule = PetsDataModule(cfg, decoded=assets.data_for(cfg))  # no data dir, no decoding: the driver's arrays
+    module = build_module(cfg, encoder_state=assets.encoder_for(cfg))  # no download: the driver's weights
+    trainer = make_trainer(cfg, None, callbacks=[report], logger=False, checkpoint=False, enable_progress_bar=False,
+                           enable_model_summary=False, **trainer_overrides)
+    if resume_from is None:
         trainer.fit(module, datamodule=datamodule)
         return
-    with checkpoint.as_directory() as folder:  # an interrupted trial continues from its last epoch
-        trainer.fit(module, datamodule=datamodule, ckpt_path=str(Path(folder) / CHECKPOINT_FILE))
+    with resume_from.as_directory() as folder:  # an interrupted trial continues from its last epoch
+        trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, CHECKPOINT_FILE))
+
+
+def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus: float, workers: int,
+                assets_ref: list, storage: str) -> None:
+    """The Tune trainable. ``assets_ref`` is a one-element list so Tune passes the ObjectRef, not its value."""
+    quiet_lightning()
+    cfg = trial_config(params, base)
+    if workers > 1:
+        return _train_ddp(params, base, cpus, gpus, workers, assets_ref, storage)
+    torch.set_num_threads(max(1, int(cpus)))  # the trial's CPU share, not the whole node
+    log.info("%s on %s", describe_device(cfg), socket.gethostname())
+    report = ReportEachEpoch(tune.report, tune.Checkpoint, placement(world_size=1))
+    # Ray shows the trial only its own GPU (or a share of it): one device, never "all visible"
+    devices = 1 if gpus > 0 else cfg.devices
+    _fit(cfg, ray.get(assets_ref[0]), report, tune.get_checkpoint(), devices=devices)
+
+
+def _train_ddp(params, base, cpus, gpus, workers, assets_ref, storage) -> None:
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = tune.get_context().get_trial_id()
+    resources = {"CPU": cpus, **({"GPU": gpus} if gpus else {})}
+    trainer = TorchTrainer(
+        _ddp_worker,
+        train_loop_config={"params": params, "base": base, "cpus": cpus, "assets_ref": assets_ref},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
+        # Same name and storage on a restarted trial: Ray Train resumes the run from its latest checkpoint.
+        run_config=RunConfig(name=f"ddp_{trial_id}", storage_path=storage, callbacks=[TuneReportCallback()],
+                             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SWEEP_METRIC,
+                                                                checkpoint_score_order=SWEEP_MODE)),
+    )
+    trainer.fit()
+
+
+def _ddp_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
+
+    quiet_lightning()
+    torch.set_num_threads(max(1, int(config["cpus"])))
+    cfg = trial_config(config["params"], config["base"])
+    world_size = ray.train.get_context().get_world_size()
+    report = ReportEachEpoch(ray.train.report, ray.train.Checkpoint, placement(world_size))
+    # Ray Train has set up the process group; Lightning joins it through Ray's strategy and environment
+    _fit(cfg, ray.get(config["assets_ref"][0]), report, ray.train.get_checkpoint(), devices="auto",
+         accelerator="auto", strategy=RayDDPStrategy(), plugins=[RayLightningEnvironment()])

@@ -1,0 +1,61 @@
+"""Assets prepared once by the driver and shipped to trials through Ray's object store.
+
+The driver checks and decodes the dataset at every image size the space can draw, and fetches the pretrained
+weights of every encoder (downloads and decoding happen under file locks, once per host). Trials receive the decoded
+arrays and encoder state dicts from the object store: they never download, never decode, and need no shared
+filesystem. On one node the arrays are shared memory (zero-copy), so concurrent trials do not multiply RAM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from segcore.config import TrainConfig
+from segcore.decoded import DecodedSplit
+
+
+@dataclass
+class SweepAssets:
+    decoded: dict[int, DecodedSplit] = field(default_factory=dict)  # image size -> decoded trainval split
+    encoders: dict[tuple[str, str], dict[str, torch.Tensor]] = field(default_factory=dict)  # (encoder, weights)
+
+    def data_for(self, cfg: TrainConfig) -> dict[str, DecodedSplit]:
+        return {"trainval": self.decoded[cfg.image_size]}
+
+    def encoder_for(self, cfg: TrainConfig) -> Optional[dict[str, torch.Tensor]]:
+        return self.encoders.get((cfg.encoder, cfg.encoder_weights))
+
+    @property
+    def nbytes(self) -> int:
+        data = sum(d.images.nbytes + d.trimaps.nbytes for d in self.decoded.values())
+        weights = sum(t.numel() * t.element_size() for sd in self.encoders.values() for t in sd.values())
+        return data + weights
+
+
+def build_assets(configs: list[TrainConfig], data: bool = True) -> tuple[SweepAssets, list[str]]:
+    """Check + decode the data at each image size (unless ``data`` is False) and fetch each encoder's weights;
+    returns assets and notes."""
+    import numpy as np
+
+    from segcore.data import PetsDataModule
+    from segcore.weights import encoder_state
+
+    assets, notes = SweepAssets(), []
+    for size in sorted({c.image_size for c in configs}) if data else []:
+        cfg = next(c for c in configs if c.image_size == size)
+        datamodule = PetsDataModule(cfg)
+        summary = datamodule.check()  # all splits: the final test needs test.txt too
+        trainval = datamodule.decoded["trainval"]
+        # plain arrays (not memory maps) so they travel through the object store to any node
+        assets.decoded[size] = DecodedSplit(trainval.names, np.ascontiguousarray(trainval.images),
+                                            np.ascontiguousarray(trainval.trimaps))
+        notes.append(f"data {summary.root} at {size}px: train {summary.train}, val {summary.val}, "
+                     f"test {summary.test}")
+    for encoder, weights in sorted({(c.encoder, c.encoder_weights) for c in configs}):
+        state = encoder_state(encoder, weights)
+        if state is not None:
+            assets.encoders[(encoder, weights)] = state
+        notes.append(f"weights {encoder}: {weights}")
+    return assets, notes

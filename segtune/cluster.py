@@ -1,0 +1,128 @@
+"""The Ray cluster a sweep runs on: connecting, what it can run, and where results can be stored."""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from segcore.errors import UserError
+
+
+DDP_DRIVER_CPU = 0.01  # what the trial process of a DDP trial reserves besides its workers (Ray refuses zero)
+
+
+@dataclass
+class Cluster:
+    resources: dict[str, float]
+    node_ids: list[str]
+    node_cpus: list[float]
+    hosts: set[str]
+
+
+def connect(address: Optional[str], trial_env: dict[str, str]) -> Cluster:
+    """Join ``address`` or start a local Ray; ``trial_env`` is set in every trial and worker process."""
+    import ray
+
+    logging.getLogger("ray").setLevel(logging.WARNING)
+    runtime_env = {"env_vars": trial_env}
+    if address:
+        ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
+    else:
+        # the dashboard (on 127.0.0.1) also serves the state API Ray Train uses to free stopped DDP trials
+        ray.init(runtime_env=runtime_env, logging_level=logging.WARNING)
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return Cluster(resources=dict(ray.cluster_resources()), node_ids=[n["NodeID"] for n in nodes],
+                   node_cpus=[n["Resources"].get("CPU", 0.0) for n in nodes],
+                   hosts={n.get("NodeManagerHostname") or n.get("NodeManagerAddress") for n in nodes})
+
+
+def check_resources(cpus_per_trial: float, gpus_per_trial: float, workers: int = 1,
+                    cluster: Optional[dict[str, float]] = None, node_cpus: Optional[list[float]] = None) -> str:
+    """Refuse requests no node can meet. ``cluster`` defaults to this machine (no Ray needed for a dry run).
+
+    With ``workers`` > 1 the per-trial figures are per worker (each DDP worker is placed on its own)."""
+    if cluster is None:
+        import torch
+
+        cluster = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+        node_cpus = [cluster["CPU"]]
+    gpus = cluster.get("GPU", 0.0)
+    total_gpus = gpus_per_trial * workers
+    if gpus_per_trial > 0 and gpus < total_gpus:
+        raise UserError(f"--gpus-per-trial {gpus_per_trial:g}" + (f" x --workers-per-trial {workers}" if workers > 1
+                                                                  else "")
+                        + f": the cluster has {gpus:g} GPU(s)"
+                        + ("; use --gpus-per-trial 0 to train on CPUs" if gpus == 0 else ""))
+    biggest = max(node_cpus or [cluster.get("CPU", 0.0)])
+    if cpus_per_trial > biggest:
+        raise UserError(f"--cpus-per-trial {cpus_per_trial:g}: no node has that many CPUs (largest: {biggest:g})")
+    needed = cpus_per_trial * workers + (DDP_DRIVER_CPU if workers > 1 else 0.0)
+    if needed > cluster.get("CPU", 0.0):
+        raise UserError(f"--cpus-per-trial {cpus_per_trial:g} x --workers-per-trial {workers}: a trial needs "
+                        f"{needed:g} CPUs (workers + {DDP_DRIVER_CPU} for the trial's driver), the cluster has "
+                        f"{cluster.get('CPU', 0):g}")
+    return f"{cluster.get('CPU', 0):g} CPUs, {gpus:g} GPUs"
+
+
+def trial_concurrency(cpus_per_trial: float, gpus_per_trial: float, workers: int,
+                      cluster: dict[str, float]) -> int:
+    """How many trials fit the cluster at once. Tune needs the figure: with a searcher it otherwise keeps a
+    single trial pending, and a DDP trial's driver holds next to nothing."""
+    driver = DDP_DRIVER_CPU if workers > 1 else 0.0
+    fits = [int(cluster.get("CPU", 0.0) // (cpus_per_trial * workers + driver))]
+    if gpus_per_trial > 0:
+        fits.append(int(cluster.get("GPU", 0.0) // (gpus_per_trial * workers)))
+    return max(1, min(fits))
+
+
+URI_SCHEMES = ("s3://", "gs://", "gcs://", "abfs://", "hdfs://")
+
+
+def is_uri(path: str) -> bool:
+    return path.startswith(URI_SCHEMES)
+
+
+def redact(uri: str) -> str:
+    """A storage URI without credentials (user:secret@ or ?access_key=...): safe to print or log."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in uri:
+        return uri
+    parts = urlsplit(uri)
+    netloc = parts.hostname or ""
+    if parts.port:
+        netloc += f":{parts.port}"
+    if parts.username or parts.password:
+        netloc = "***@" + netloc
+    query = "***" if parts.query else ""
+    return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+
+
+def check_storage_shared(storage: Path, node_ids: list[str]) -> None:
+    """On a cluster spanning several hosts a local --storage-path must be one filesystem seen by all of them."""
+
+    marker = storage / f".segsweep-visible-{os.getpid()}"
+    storage.mkdir(parents=True, exist_ok=True)
+    marker.write_text("probe")
+    try:
+        missing = [n for n, seen in zip(node_ids, nodes_seeing(str(marker), node_ids)) if not seen]
+    finally:
+        marker.unlink(missing_ok=True)
+    if missing:
+        raise UserError(f"--storage-path {storage}: not visible from {len(missing)} of {len(node_ids)} nodes (a "
+                        "local folder); use a shared filesystem path (NFS, ...) or an s3:// / gs:// URI")
+
+
+def nodes_seeing(path: str, node_ids: list[str]) -> list[bool]:
+    """Whether ``path`` exists as seen from each node (a zero-CPU task pinned to it)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0)
+    def exists(p: str) -> bool:
+        return os.path.exists(p)
+
+    return ray.get([exists.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n, soft=False)).remote(path)
+                    for n in node_ids])

@@ -1,0 +1,164 @@
+"""Scale-out on this one machine: a 2-node Ray cluster on 127.0.0.1, DDP trials, resource checks, driver assets."""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli
+from segcore.errors import UserError
+from segtune import cluster
+
+pytestmark = pytest.mark.slow
+
+SMP_RESNET18 = ("smp-hub/resnet18.imagenet", "3f2325ff978283d47aa6a1d6878ca20565622683")  # SMP 0.6's pins
+
+
+def read_trials(experiment: Path) -> list[dict]:
+    with open(experiment / "trials.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def two_nodes():
+    """Head + one worker node, one CPU each, both on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address)
+    yield c
+    ray.shutdown()
+    c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def fake_hf_cache(tmp_path_factory):
+    """An HF cache holding 'imagenet' weights for resnet18 (random, but real files in the hub's layout)."""
+    import segmentation_models_pytorch as smp
+    from safetensors.torch import save_file
+
+    home = tmp_path_factory.mktemp("hf")
+    repo, revision = SMP_RESNET18
+    settings = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    assert (settings["repo_id"], settings["revision"]) == SMP_RESNET18, "SMP changed its weight pins"
+    snapshot = home / "hub" / f"models--{repo.replace('/', '--')}" / "snapshots" / revision
+    snapshot.mkdir(parents=True)
+    torch.manual_seed(1)
+    encoder = smp.encoders.get_encoder("resnet18", weights=None)
+    state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+    save_file(state, str(snapshot / "model.safetensors"))
+    (snapshot / "config.json").write_text('{"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}')
+    return home, state
+
+
+def test_sweep_on_two_nodes_uses_both_and_driver_weights(two_nodes, fake_hf_cache, tmp_path):
+    hf_home, cached_state = fake_hf_cache
+    storage = tmp_path / "results"
+    proc = run_cli("tune_main.py", "--address", two_nodes.address, "--synthetic", "--data-dir", str(tmp_path / "d"),
+                   "--space", "smoke", "--set", "image_size=64", "--set", "encoder=resnet18",
+                   "--set", "encoder_weights=imagenet", "--set", "freeze=encoder", "--num-samples", "4",
+                   "--max-epochs", "1", "--scheduler", "fifo", "--storage-path", str(storage), "--name", "twonodes",
+                   env={"HF_HOME": str(hf_home)}, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "weights resnet18: imagenet" in proc.stdout
+    rows = read_trials(storage / "twonodes")
+    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
+    assert len({r["node_id"] for r in rows}) == 2, [r["node_id"] for r in rows]  # trials ran on both nodes
+    assert {r["hostname"] for r in rows} and {r["device"] for r in rows} == {"cpu"}
+    assert {r["world_size"] for r in rows} == {"1"}
+    # Trials cannot read the HF cache (TRIAL_ENV points them elsewhere) and the encoder was frozen: the trained
+    # checkpoint's encoder is exactly the weights the driver read from its cache and shipped.
+    from segcore.model import SegmentationModule
+
+    best = json.loads((storage / "twonodes" / "summary.json").read_text())["best_checkpoint"]
+    module = SegmentationModule.from_checkpoint(best)
+    for key, value in cached_state.items():
+        assert torch.equal(module.net.encoder.state_dict()[key], value), key
+
+
+def test_ddp_trials_report_world_size_and_are_stopped_cleanly(two_nodes, tmp_path):
+    import ray
+    from ray.util import placement_group_table
+
+    storage = tmp_path / "results"
+    proc = run_cli("tune_main.py", "--address", two_nodes.address, "--synthetic", "--data-dir", str(tmp_path / "d"),
+                   "--space", "smoke", "--set", "image_size=64", "--set", "encoder=resnet18", "--num-samples", "3",
+                   "--max-epochs", "2", "--reduction-factor", "2", "--workers-per-trial", "2",
+                   "--cpus-per-trial", "0.5", "--storage-path", str(storage), "--name", "ddp", timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = read_trials(storage / "ddp")
+    assert len(rows) == 3
+    assert {r["world_size"] for r in rows} == {"2"}
+    assert "stopped early" in [r["status"] for r in rows], [r["status"] for r in rows]
+    # every trial after a stopped one got its workers: a leaked worker group would have starved it
+    assert all(r["status"] in ("completed", "stopped early") for r in rows)
+    deadline = time.monotonic() + 60  # Ray Train frees a stopped trial's placement group shortly after
+    while time.monotonic() < deadline and any(p["state"] == "CREATED" for p in placement_group_table().values()):
+        time.sleep(1)
+    assert not [p for p in placement_group_table().values() if p["state"] == "CREATED"]
+    assert ray.available_resources().get("CPU") == pytest.approx(2.0)
+
+
+def test_storage_probe_sees_a_shared_path_from_every_node(two_nodes, tmp_path):
+    import ray
+
+    node_ids = [n["NodeID"] for n in ray.nodes() if n["Alive"]]
+    assert len(node_ids) == 2
+    cluster.check_storage_shared(tmp_path / "shared", node_ids)  # same filesystem: accepted
+    assert cluster.nodes_seeing(str(tmp_path / "absent"), node_ids) == [False, False]
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--gpus-per-trial", "1"], "--gpus-per-trial 1: the cluster has 0 GPU(s)"),
+    (["--gpus-per-trial", "0.25"], "--gpus-per-trial 0.25: the cluster has 0 GPU(s)"),
+    (["--cpus-per-trial", "64"], "--cpus-per-trial 64: no node has that many CPUs"),
+    (["--workers-per-trial", "3", "--cpus-per-trial", "1"], "--workers-per-trial 3"),
+    (["--gpus-per-trial", "2"], "use --workers-per-trial"),
+], ids=["gpu", "fractional-gpu", "cpus", "workers", "multi-gpu-without-workers"])
+def test_unmeetable_resources_fail_before_launch(flags, message, pets_root, tmp_path):
+    proc = run_cli("tune_main.py", "--data-dir", str(pets_root), "--space", "smoke", "--set", "image_size=64",
+                   "--storage-path", str(tmp_path / "results"), *flags)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "results").exists()
+
+
+def test_unmeetable_resources_on_a_cluster_fail_before_launch(two_nodes, pets_root, tmp_path):
+    proc = run_cli("tune_main.py", "--address", two_nodes.address, "--data-dir", str(pets_root), "--space", "smoke",
+                   "--set", "image_size=64", "--cpus-per-trial", "2", "--storage-path", str(tmp_path / "results"))
+    assert proc.returncode == 2 and "no node has that many CPUs (largest: 1)" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_resource_check_counts_gpus_per_worker():
+    with pytest.raises(UserError, match="x --workers-per-trial 4"):
+        cluster.check_resources(1, 1, 4, {"CPU": 32.0, "GPU": 2.0}, [16.0, 16.0])
+    assert cluster.check_resources(1, 0.25, 1, {"CPU": 8.0, "GPU": 1.0}, [8.0]) == "8 CPUs, 1 GPUs"
+    assert cluster.trial_concurrency(2, 1, 2, {"CPU": 16.0, "GPU": 4.0}) == 2
+
+
+def test_storage_uris_never_show_credentials():
+    assert cluster.redact("s3://AKIA:secret@bucket/sweeps?access_key=x") == "s3://***@bucket/sweeps?***"
+    assert cluster.redact("gs://bucket/path") == "gs://bucket/path"
+    assert cluster.is_uri("s3://b/p") and cluster.is_uri("gs://b") and not cluster.is_uri("/shared/nfs")
+    from segtune.storage import Storage
+
+    shown = Storage("s3://AKIA:secret@bucket/sweeps", "x").shown
+    assert "secret" not in shown and "AKIA" not in shown
+
+
+def test_asset_step_needs_no_network_when_assets_are_present(fake_hf_cache, pets_root, tmp_path):
+    """Dataset present and weights cached: the driver's asset step runs with the hub offline and downloads nothing."""
+    hf_home, _ = fake_hf_cache
+    proc = run_cli("tune_main.py", "--dry-run", "--data-dir", str(pets_root), "--space", "smoke",
+                   "--set", "image_size=64", "--set", "encoder=resnet18", "--set", "encoder_weights=imagenet",
+                   "--storage-path", str(tmp_path / "results"),
+                   env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "weights resnet18: imagenet" in proc.stdout and "dry run: nothing started" in proc.stdout
