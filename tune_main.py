@@ -109,7 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     pending = prepare.ensure_dataset(data_dir, args.synthetic, args.download, dry_run=args.dry_run)
     base = prepare.base_config(space, data_dir, args.max_epochs)
     configs = prepare.candidate_configs(space, base)
-    if args.dry_run and not args.address:  # check the request against this machine without starting Ray
+    if not args.address:  # a local sweep: check the request against this machine before starting anything
         resources = cluster.check_resources(args.cpus_per_trial, args.gpus_per_trial, args.workers_per_trial)
     # data decoded and weights fetched once, here, before any trial
     assets, notes = build_assets(configs, data=pending is None)

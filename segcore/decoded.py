@@ -27,13 +27,13 @@ log = logging.getLogger(__name__)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error to report, not an image to half-read
 VALID_TRIMAP_VALUES = (1, 2, 3)
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass
 class DecodedSplit:
     names: list[str]
-    images: np.ndarray  # (N, S, S, 3) uint8
+    images: np.ndarray  # (N, 3, S, S) uint8: channels first, as the model takes them (no per-item transpose)
     trimaps: np.ndarray  # (N, S, S) uint8, values 1 / 2 / 3
 
     def __len__(self) -> int:
@@ -135,14 +135,15 @@ def decode_split(root: Path, split: str, names: list[str], size: int,
         if cached is not None:
             return cached, []
         started = time.perf_counter()
-        images = np.empty((len(names), size, size, 3), dtype=np.uint8)
+        images = np.empty((len(names), 3, size, size), dtype=np.uint8)
         trimaps = np.empty((len(names), size, size), dtype=np.uint8)
         problems: list[str] = []
 
         def work(i: int) -> None:
             try:
-                images[i], trimaps[i] = decode_item(root / "images" / f"{names[i]}.jpg",
-                                                    root / "annotations" / "trimaps" / f"{names[i]}.png", size)
+                image, trimaps[i] = decode_item(root / "images" / f"{names[i]}.jpg",
+                                                root / "annotations" / "trimaps" / f"{names[i]}.png", size)
+                images[i] = image.transpose(2, 0, 1)
             except ValueError as err:
                 problems.append(str(err))
 

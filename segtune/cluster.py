@@ -30,8 +30,9 @@ def connect(address: Optional[str], trial_env: dict[str, str]) -> Cluster:
     if address:
         ray.init(address=address, runtime_env=runtime_env, logging_level=logging.WARNING)
     else:
-        # the dashboard (on 127.0.0.1) also serves the state API Ray Train uses to free stopped DDP trials
-        ray.init(runtime_env=runtime_env, logging_level=logging.WARNING)
+        # "local": a new instance even if RAY_ADDRESS points at a cluster (joining one is what --address is for).
+        # Its dashboard also serves the state API Ray Train uses to free stopped DDP trials.
+        ray.init(address="local", runtime_env=runtime_env, logging_level=logging.WARNING)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return Cluster(resources=dict(ray.cluster_resources()), node_ids=[n["NodeID"] for n in nodes],
                    node_cpus=[n["Resources"].get("CPU", 0.0) for n in nodes],

@@ -136,7 +136,7 @@ def test_trimap_values_map_to_mask_per_border_mode(border):
     trimap = np.full((SIZE, SIZE), 2, dtype=np.uint8)
     trimap[:, :20] = 1
     trimap[:, 44:] = 3
-    decoded = DecodedSplit(["x"], np.zeros((1, SIZE, SIZE, 3), np.uint8), trimap[None])
+    decoded = DecodedSplit(["x"], np.zeros((1, 3, SIZE, SIZE), np.uint8), trimap[None])
     mask = PetsSegmentation(decoded, [0], border=border)[0]["mask"]
     assert mask.shape == (1, SIZE, SIZE) and mask.dtype == torch.uint8
     mask = mask[0].numpy()
@@ -279,7 +279,7 @@ def test_decoded_cache_rebuilt_when_an_image_changes(tiny_config, pets_copy, pri
     j = first.decoded["trainval"].names.index(name)
     old = np.asarray(first.decoded["trainval"].images[j])
     now = np.asarray(second.decoded["trainval"].images[j])
-    assert np.abs(now.astype(int) - old[:, ::-1].astype(int)).mean() < 3  # the new entry holds the new image
+    assert np.abs(now.astype(int) - old[..., ::-1].astype(int)).mean() < 3  # the new entry holds the new image
     assert np.abs(now.astype(int) - old.astype(int)).mean() > 10
 
 
@@ -291,8 +291,8 @@ def test_train_augmentation_flips_image_and_mask_together(tiny_config, pets_root
     train = dm.train_set
     assert train.augment and not dm.val_set.augment
     j = int(train.indices[0])
-    image = torch.from_numpy(np.array(dm.decoded["trainval"].images[j])).permute(2, 0, 1)
-    mask = train.lut[torch.from_numpy(np.array(dm.decoded["trainval"].trimaps[j])).long()].unsqueeze(0)
+    image = torch.from_numpy(np.array(dm.decoded["trainval"].images[j]))  # stored channels first
+    mask = torch.from_numpy(train.lut[np.array(dm.decoded["trainval"].trimaps[j])]).unsqueeze(0)
     flipped_image, flipped_mask = image.flip(-1), mask.flip(-1)
     assert not torch.equal(image, flipped_image) and not torch.equal(mask, flipped_mask)
 
@@ -314,6 +314,6 @@ def test_validation_items_are_never_flipped(tiny_config, pets_root):
     dm = PetsDataModule(config_for(tiny_config, pets_root))
     dm.setup("fit")
     j = int(dm.val_set.indices[0])
-    image = torch.from_numpy(np.array(dm.decoded["trainval"].images[j])).permute(2, 0, 1)
+    image = torch.from_numpy(np.array(dm.decoded["trainval"].images[j]))
     torch.manual_seed(0)
     assert all(torch.equal(dm.val_set[0]["image"], image) for _ in range(20))
