@@ -38,7 +38,9 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     def suggest(self, trial_id: str) -> Optional[dict]:
         if trial_id not in self._ot_trials and self._orphans:
-            self._ot_trials[trial_id] = self._orphans.pop(0)
+            orphan = self._orphans.pop(0)
+            complete_params(orphan, self._space)  # a driver killed mid-ask leaves a partly sampled proposal
+            self._ot_trials[trial_id] = orphan
         return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -63,6 +65,21 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if not self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
             self._ot_study.tell(ot_trial, value, state=state)
         self._completed_trials.add(trial_id)
+
+
+def complete_params(trial: optuna.trial.Trial, space: dict) -> None:
+    """Sample, through Optuna's own suggest API, any parameter of ``space`` the trial does not have yet."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    for name, dist in space.items():
+        if name in trial.params:
+            continue
+        if isinstance(dist, FloatDistribution):
+            trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+        elif isinstance(dist, IntDistribution):
+            trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+        elif isinstance(dist, CategoricalDistribution):
+            trial.suggest_categorical(name, dist.choices)
 
 
 def outcome(result: Optional[dict], error: bool, metric: str, time_attr: str,
