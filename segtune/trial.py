@@ -82,7 +82,7 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus:
     if workers > 1:
         return _train_ddp(params, base, cpus, gpus, workers, assets_ref, storage)
     torch.set_num_threads(max(1, int(cpus)))  # the trial's CPU share, not the whole node
-    log.info("%s on %s", describe_device(cfg), socket.gethostname())
+    print(f"trial on {socket.gethostname()}: {describe_device(cfg)}", flush=True)  # in the driver's log too
     report = ReportEachEpoch(tune.report, tune.Checkpoint, placement(world_size=1))
     # Ray shows the trial only its own GPU (or a share of it): one device, never "all visible"
     devices = 1 if gpus > 0 else cfg.devices
