@@ -80,7 +80,7 @@ def build_module(cfg: TrainConfig, encoder_state: Optional[dict] = None) -> Segm
 def quiet_lightning() -> None:
     """Keep the terminal to what users act on: no tips, no num_workers advice for in-memory datasets."""
     for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
-                 "lightning_fabric.utilities.seed"):
+                 "lightning_fabric.utilities.seed", "pytorch_lightning.trainer.connectors.checkpoint_connector"):
         logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", message=".*does not have many workers.*")
     # frozen parts are in eval mode on purpose (their BatchNorm statistics must not move)

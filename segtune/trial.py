@@ -74,10 +74,16 @@ def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, **train
         trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, CHECKPOINT_FILE))
 
 
+def quiet() -> None:
+    """Per-epoch 'checkpoint created' lines from every trial drown the sweep's progress in the driver's log."""
+    quiet_lightning()
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+
+
 def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus: float, workers: int,
                 assets_ref: list, storage: str) -> None:
     """The Tune trainable. ``assets_ref`` is a one-element list so Tune passes the ObjectRef, not its value."""
-    quiet_lightning()
+    quiet()
     cfg = trial_config(params, base)
     if workers > 1:
         return _train_ddp(params, base, cpus, gpus, workers, assets_ref, storage)
@@ -112,7 +118,7 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
 
-    quiet_lightning()
+    quiet()
     torch.set_num_threads(max(1, int(config["cpus"])))
     cfg = trial_config(config["params"], config["base"])
     world_size = ray.train.get_context().get_world_size()
