@@ -147,6 +147,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"Reproduce: python -m segcore.train --config {exp / 'best_config.yaml'}")
     else:
         lines.append(f"No trial reported a finite {SWEEP_METRIC}.")
+    if c[UNFINISHED] or summary.get("interrupted"):
+        lines.append(f"Interrupted: continue with  python tune_main.py --resume --storage-path "
+                     f"{Path(summary['experiment']).parent} --name {Path(summary['experiment']).name}")
     lines.append(f"Compare trials: tensorboard --logdir {summary['experiment']}")
     lines.append(f"Trials table: {Path(summary['experiment']) / 'trials.csv'}")
     return "\n".join(lines)
