@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from segcore.errors import UserError, cli_entry
-from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
+from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune import cluster, prepare
 from segtune.assets import build_assets
 from segtune.spaces import list_spaces, load_space
@@ -117,8 +117,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     if not (args.dry_run and not args.address):
         ray_cluster = cluster.connect(args.address, TRIAL_ENV)
-        resources = cluster.check_resources(args.cpus_per_trial, args.gpus_per_trial, args.workers_per_trial,
-                                            ray_cluster.resources, ray_cluster.node_cpus)
+        if args.address:  # a local sweep was checked against this machine before Ray started
+            resources = cluster.check_resources(args.cpus_per_trial, args.gpus_per_trial, args.workers_per_trial,
+                                                ray_cluster.resources, ray_cluster.node_cpus)
         if len(ray_cluster.hosts) > 1 and not storage.is_uri:
             cluster.check_storage_shared(storage.local.parent, ray_cluster.node_ids)
     print(plan(args, space, notes, resources, storage.shown), flush=True)
@@ -135,7 +136,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     from segtune.results import format_summary, summarise
     from segtune.search import build_search
-    from segtune.trial import EPOCH, train_trial
+    from segtune.trial import train_trial
 
     workers = args.workers_per_trial
     trainable = tune.with_parameters(train_trial, base=base, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial,

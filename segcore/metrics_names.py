@@ -5,6 +5,7 @@ SWEEP_MODE = "max"
 
 TRAIN_LOSS = "train/loss"
 LEARNING_RATE = "lr"
+EPOCH = "epoch"  # epochs completed, reported with every sweep result: ASHA's rungs and Optuna's steps count it
 
 
 def stage_metric(stage: str, name: str) -> str:

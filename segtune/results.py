@@ -10,9 +10,8 @@ from typing import Any, Optional
 
 import yaml
 
-from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
+from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune.spaces import to_config_values
-from segtune.trial import EPOCH
 
 COMPLETED, STOPPED, ERRORED, UNFINISHED = "completed", "stopped early", "errored", "unfinished"
 

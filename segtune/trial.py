@@ -18,13 +18,11 @@ from ray import tune
 
 from segcore.config import TrainConfig
 from segcore.data import PetsDataModule
-from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
+from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segcore.train import build_module, describe_device, make_trainer, quiet_lightning
 from segtune.spaces import to_config_values
 
-log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.ckpt"
-EPOCH = "epoch"  # the time attribute: ASHA's rungs and Optuna's steps count epochs
 
 
 def trial_config(params: dict[str, Any], base: dict[str, Any]) -> TrainConfig:

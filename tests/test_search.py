@@ -6,10 +6,9 @@ import math
 import optuna
 import pytest
 
-from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
+from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune.search import PrunedAwareOptunaSearch, optuna_storage, outcome
 from segtune.spaces import load_space
-from segtune.trial import EPOCH
 
 S = optuna.trial.TrialState
 

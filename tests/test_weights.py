@@ -35,9 +35,9 @@ def test_mismatched_weights_file_is_a_user_error(tmp_path):
 
 
 def test_offline_hub_is_reported_without_network(tmp_path, monkeypatch):
-    monkeypatch.setenv("HF_HOME", str(tmp_path))
     from huggingface_hub import constants
 
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # empty: even a developer's cache is out of play
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     assert not hub_reachable()  # offline mode: no probe is even attempted
     assert not is_cached("resnet18", "imagenet")
