@@ -74,7 +74,7 @@ class TrainConfig:
     image_size: int = 256
     val_fraction: float = 0.1
     border: str = "pet"
-    num_workers: int = 2
+    num_workers: int = 0  # loader processes: batches are copies from the decoded cache, workers only add IPC
     # run
     seed: int = 42
     precision: str = "32-true"

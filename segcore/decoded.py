@@ -40,6 +40,14 @@ class DecodedSplit:
         return len(self.names)
 
 
+def available_cores() -> int:
+    """Cores this process may run on (a container's or cgroup's share, not the whole host)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("SEGCORE_CACHE_DIR") or Path.home() / ".cache" / "segcore")
 
@@ -122,7 +130,7 @@ def _load_cached(base: Path, names: list[str]) -> Optional[DecodedSplit]:
 
 
 def decode_split(root: Path, split: str, names: list[str], size: int,
-                 num_threads: int = 2) -> tuple[Optional[DecodedSplit], list[str]]:
+                 num_threads: Optional[int] = None) -> tuple[Optional[DecodedSplit], list[str]]:
     """The decoded split (from the cache, or decoded now and cached) and the problems found while decoding."""
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
@@ -148,7 +156,7 @@ def decode_split(root: Path, split: str, names: list[str], size: int,
                 problems.append(str(err))
 
         # PIL releases the GIL while decoding and resizing, so threads scale without copying arrays around
-        with ThreadPoolExecutor(max_workers=max(1, num_threads)) as pool:
+        with ThreadPoolExecutor(max_workers=max(1, num_threads or available_cores())) as pool:
             list(pool.map(work, range(len(names))))
         if problems:
             return None, sorted(problems)

@@ -317,3 +317,36 @@ def test_validation_items_are_never_flipped(tiny_config, pets_root):
     image = torch.from_numpy(np.array(dm.decoded["trainval"].images[j]))
     torch.manual_seed(0)
     assert all(torch.equal(dm.val_set[0]["image"], image) for _ in range(20))
+
+
+# ----- batches ---------------------------------------------------------------------------------------------------
+
+def test_loader_batches_equal_the_items_and_flip_image_and_mask_together(tiny_config, pets_root):
+    """The loader takes whole batches (``__getitems__``): the same tensors as the items, each flipped or not."""
+    dm = PetsDataModule(config_for(tiny_config, pets_root, border="ignore", batch_size=5))
+    dm.setup("fit")
+    plain = PetsSegmentation(dm.decoded["trainval"], dm.train_set.indices, border="ignore")
+
+    val_batch = next(iter(dm.val_dataloader()))  # no augmentation: exactly the stacked items, in order
+    n = len(val_batch["image"])
+    assert n == min(5, len(dm.val_set))
+    for key in ("image", "mask"):
+        assert torch.equal(val_batch[key], torch.stack([dm.val_set[k][key] for k in range(n)]))
+
+    cache_before = np.array(dm.decoded["trainval"].images)
+    torch.manual_seed(0)
+    positions = list(range(len(plain)))
+    batch = dm.train_set.__getitems__(positions)
+    assert batch["image"].dtype == torch.uint8 and batch["image"].shape == (len(plain), 3, SIZE, SIZE)
+    assert batch["mask"].dtype == torch.uint8 and batch["mask"].shape == (len(plain), 1, SIZE, SIZE)
+    flipped = 0
+    for k in positions:
+        item = plain[k]
+        if torch.equal(batch["image"][k], item["image"]):
+            assert torch.equal(batch["mask"][k], item["mask"])
+        else:  # flipped: the image and its mask, both
+            assert torch.equal(batch["image"][k], item["image"].flip(-1))
+            assert torch.equal(batch["mask"][k], item["mask"].flip(-1))
+            flipped += 1
+    assert 0 < flipped < len(plain)  # a random share, not none or all
+    assert np.array_equal(dm.decoded["trainval"].images, cache_before)  # the shared cache is never flipped in place
