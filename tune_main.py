@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
+import shlex
+import signal
 import sys
 from pathlib import Path
 from typing import Optional, Sequence
@@ -17,13 +20,27 @@ from segcore.errors import UserError, cli_entry
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune import cluster, prepare
 from segtune.assets import build_assets
+from segtune.interrupts import Interrupts
 from segtune.spaces import list_spaces, load_space
 from segtune.storage import Storage
 
 # Each epoch's checkpoint forces an experiment snapshot: that is what makes --resume lose nothing, not a problem.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# SIGINT is ours (class Interrupts): it asks Tune to stop through SIGUSR1, as it does for SIGTERM.
+os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+
+class _NoTunerRestoreHint(logging.Filter):
+    """Tune ends an interrupted run with 'Resume experiment with: Tuner.restore(...)'; ours prints the command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has been interrupted" not in record.getMessage()
+
+
+logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())
 
 SETTINGS_FILE = "sweep.json"  # the flags a sweep started with; --resume reads them back
+SPACE_FILE = "space.yaml"  # the space as the sweep started with it (--set values fixed in)
 # Trials get data and weights from the driver through the object store: they must not reach the Hugging Face hub
 # or read its cache (which a node without a shared filesystem would not have). Enforced, so a slip fails loudly.
 TRIAL_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent/segsweep-trials-get-weights-from-the-driver"}
@@ -65,18 +82,47 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def settings_for(args: argparse.Namespace, experiment_dir: Path) -> argparse.Namespace:
-    """A resumed sweep keeps the flags it started with; only how to reach Ray and how to print may change."""
+# Flags a resumed sweep may change: how to reach Ray and what to print. The rest comes from sweep.json.
+RESUME_MAY_CHANGE = {"resume", "address", "verbose", "dry_run", "dashboard", "storage_path", "name"}
+
+
+def given_flags(argv: Optional[Sequence[str]]) -> set[str]:
+    """The destinations of the flags given on the command line (not left at their defaults)."""
+    parser = build_parser()
+    for action in parser._actions:  # argparse's documented trick for telling given flags from defaults
+        action.default = argparse.SUPPRESS
+    return set(vars(parser.parse_args(argv)))
+
+
+def settings_for(args: argparse.Namespace, experiment_dir: Path, given: set[str]) -> argparse.Namespace:
+    """A resumed sweep keeps the flags it started with; only how to reach Ray and how to print may change. A flag
+    given again with another value is refused rather than silently ignored."""
     saved_file = experiment_dir / SETTINGS_FILE
     if not args.resume:
         return args
     if not saved_file.is_file():
         raise UserError(f"--resume: {experiment_dir} holds no sweep started by tune_main.py ({SETTINGS_FILE} "
                         "missing); check --storage-path and --name")
-    saved = json.loads(saved_file.read_text())
-    saved.update(resume=True, address=args.address, verbose=args.verbose, dry_run=args.dry_run,
-                 dashboard=args.dashboard)
-    return argparse.Namespace(**saved)
+    try:
+        saved = json.loads(saved_file.read_text())
+    except ValueError as err:
+        raise UserError(f"--resume: {saved_file} is not valid JSON ({err})") from None
+    changed = [f"--{key.replace('_', '-')} {getattr(args, key)!r} (the sweep started with {saved.get(key)!r})"
+               for key in sorted(given - RESUME_MAY_CHANGE) if saved.get(key) != getattr(args, key)]
+    if changed:
+        raise UserError(f"--resume continues {experiment_dir} with the settings it started with ({saved_file}); "
+                        "these flags differ (drop them, or start a new sweep with another --name):", changed)
+    saved.update({key: getattr(args, key) for key in RESUME_MAY_CHANGE - {"storage_path", "name"}})
+    if (experiment_dir / SPACE_FILE).is_file():  # the space as it was, even if its file has changed since
+        saved.update(space=str(experiment_dir / SPACE_FILE), set=[])
+    return argparse.Namespace(**{**vars(args), **saved})
+
+
+def resume_command(args: argparse.Namespace, storage: Storage) -> str:
+    cmd = ["python", "tune_main.py", "--resume", "--storage-path", storage.ray_path, "--name", args.name]
+    if args.address:
+        cmd += ["--address", args.address]
+    return " ".join(shlex.quote(c) for c in cmd)
 
 
 def plan(args, space, base_notes: list[str], resources: str, experiment: str) -> str:
@@ -101,9 +147,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, description in list_spaces():
             print(f"{name:12s} {description}")
         return 0
+    with Interrupts() as interrupts:
+        return sweep(args, given_flags(argv), interrupts)
+
+
+def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> int:
+    """Check everything, prepare the assets, run (or resume) the sweep, summarise it; returns the exit code."""
+    prepare.check_name(args.name)  # before it becomes part of any path
     storage = Storage(args.storage_path, args.name)
-    args = settings_for(args, storage.local)
+    args = settings_for(args, storage.local, given)
     prepare.check_flags(args)
+    storage.check_writable()
     if storage.local.exists() and not args.resume and any(storage.local.iterdir()):
         raise UserError(f"--name {args.name}: {storage.local} already holds an experiment; add --resume to "
                         "continue it or choose another --name (nothing is overwritten)")
@@ -121,6 +175,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not (args.dry_run and not args.address):
         # Ray Train frees a stopped DDP trial's workers through the state API, which the dashboard serves
         ray_cluster = cluster.connect(args.address, TRIAL_ENV, dashboard=args.dashboard or args.workers_per_trial > 1)
+        interrupts.install()
         if args.address:  # a local sweep was checked against this machine before Ray started
             resources = cluster.check_resources(args.cpus_per_trial, args.gpus_per_trial, args.workers_per_trial,
                                                 ray_cluster.resources, ray_cluster.node_cpus)
@@ -132,6 +187,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     storage.local.mkdir(parents=True, exist_ok=True)
     if not args.resume:
+        space.save(storage.local / SPACE_FILE)
         (storage.local / SETTINGS_FILE).write_text(json.dumps(vars(args), indent=2))
 
     import ray
@@ -139,8 +195,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from segtune.results import format_summary, summarise
-    from segtune.search import build_search
+    from segtune.search import build_search, fail_running
     from segtune.trial import train_trial
+    from segtune.tune_callbacks import StopWhenSaved
 
     workers = args.workers_per_trial
     trainable = tune.with_parameters(train_trial, base=base, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial,
@@ -152,9 +209,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     trainable = tune.with_resources(trainable, trial_resources)
     max_concurrent = args.max_concurrent or cluster.trial_concurrency(
         args.cpus_per_trial, args.gpus_per_trial, workers, ray_cluster.resources)
-    if args.resume:
-        tuner = tune.Tuner.restore(storage.ray_path_of_experiment, trainable=trainable, resume_unfinished=True)
-    else:
+    if args.resume and tune.Tuner.can_restore(storage.ray_path_of_experiment):
+        # errored trials too: a trial killed with the job (preemption) errors, and continues from its checkpoint
+        tuner = tune.Tuner.restore(storage.ray_path_of_experiment, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+    else:  # new, or stopped before Tune saved anything: start it (again) with its settings
         scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=args.max_epochs, grace_period=args.grace_period,
                                    reduction_factor=args.reduction_factor)
                      if args.scheduler == "asha" else FIFOScheduler())
@@ -172,14 +231,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SWEEP_METRIC,
                                                         checkpoint_score_order=SWEEP_MODE),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                verbose=2 if args.verbose else 1),
+                callbacks=[StopWhenSaved()], verbose=2 if args.verbose else 1),
         )
-    results = tuner.fit()
-    summary = summarise(results, list(space.searched), base, args.max_epochs, storage.local)
+    resume = resume_command(args, storage)
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:  # a second signal: no final snapshot, the last periodic one stands
+        print(f"stopped at once; continue from the last saved state with  {resume}", file=sys.stderr, flush=True)
+        ray.shutdown()
+        return interrupts.exit_code or 128 + signal.SIGINT
+    if args.search == "optuna" and interrupts.received is None:
+        fail_running(storage.local, args.name)  # errored trials: not resumed any more
+    summary = summarise(results, list(space.searched), base, args.max_epochs, storage.local,
+                        interrupted=interrupts.received is not None, resume_command=resume)
     storage.upload()
     print(format_summary(summary), flush=True)
     ray.shutdown()
-    return 0
+    return interrupts.exit_code
 
 
 def exit_now(code: int) -> None:

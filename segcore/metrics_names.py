@@ -6,6 +6,7 @@ SWEEP_MODE = "max"
 TRAIN_LOSS = "train/loss"
 LEARNING_RATE = "lr"
 EPOCH = "epoch"  # epochs completed, reported with every sweep result: ASHA's rungs and Optuna's steps count it
+DIVERGED = "diverged"  # 1 in the last result of a trial whose loss became NaN / infinite (its val/iou is NaN)
 
 
 def stage_metric(stage: str, name: str) -> str:

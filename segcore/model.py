@@ -27,6 +27,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 class DivergedError(RuntimeError):
     """The training loss became NaN or infinite: the trial's hyperparameters do not train."""
 
+    def __init__(self, message: str, epoch: int):
+        super().__init__(message)
+        self.epoch = epoch  # 1-based: the epoch whose training produced the non-finite loss
+
 
 def normalisation(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if encoder.startswith("tu-"):
@@ -130,8 +134,9 @@ class SegmentationModule(pl.LightningModule):
     def _check_finite(self) -> None:
         last = getattr(self, "_last_loss", None)
         if last is not None and not math.isfinite(float(last)):
-            raise DivergedError(f"training loss is {float(last)} at epoch {self.current_epoch}: "
-                                f"lr={self.cfg.lr}, optimizer={self.cfg.optimizer} diverged")
+            raise DivergedError(f"training loss is {float(last)} at epoch {self.current_epoch + 1}: "
+                                f"lr={self.cfg.lr}, optimizer={self.cfg.optimizer} diverged",
+                                epoch=self.current_epoch + 1)
 
     def on_train_epoch_end(self) -> None:
         self._check_finite()

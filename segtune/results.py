@@ -10,10 +10,12 @@ from typing import Any, Optional
 
 import yaml
 
+from segcore.metrics_names import DIVERGED as DIVERGED_KEY
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune.spaces import to_config_values
 
-COMPLETED, STOPPED, ERRORED, UNFINISHED = "completed", "stopped early", "errored", "unfinished"
+COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED = "completed", "stopped early", "diverged", "errored", "unfinished"
+STATUSES = (COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED)
 
 
 @dataclass
@@ -65,11 +67,13 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
         epochs = int(metrics.get(EPOCH) or 0)
         if result.error is not None:
             status = ERRORED
+        elif metrics.get(DIVERGED_KEY):
+            status = DIVERGED
         elif epochs >= max_epochs:
             status = COMPLETED
-        elif metrics.get("done") or epochs > 0:
+        elif metrics.get("done"):  # Tune marks the last result of a trial the scheduler stopped
             status = STOPPED
-        else:
+        else:  # still running or never started when the sweep was interrupted
             status = UNFINISHED
         error = "" if result.error is None else (str(result.error).strip().splitlines() or [""])[-1][:300]
         rows.append(TrialRow(
@@ -120,12 +124,15 @@ def write_best(best, base: dict[str, Any], experiment_dir: Path) -> dict[str, An
 
 
 def summarise(result_grid, searched_keys: list[str], base: dict[str, Any], max_epochs: int,
-              experiment_dir: Path) -> dict[str, Any]:
+              experiment_dir: Path, interrupted: bool = False, resume_command: str = "") -> dict[str, Any]:
+    """Write trials.csv, best_config.yaml and summary.json; ``interrupted``: the sweep was stopped by a signal and
+    ``resume_command`` continues it."""
     rows = trial_rows(result_grid, searched_keys, max_epochs)
     write_trials_csv(rows, searched_keys, experiment_dir / "trials.csv")
-    counts = {s: sum(r.status == s for r in rows) for s in (COMPLETED, STOPPED, ERRORED, UNFINISHED)}
+    counts = {s: sum(r.status == s for r in rows) for s in STATUSES}
     summary: dict[str, Any] = {"experiment": str(experiment_dir), "trials": len(rows), "counts": counts,
-                               "metric": SWEEP_METRIC, "mode": SWEEP_MODE}
+                               "metric": SWEEP_METRIC, "mode": SWEEP_MODE, "interrupted": interrupted,
+                               "resume_command": resume_command}
     best = best_trial(result_grid)
     if best is not None:
         summary.update(write_best(best, base, experiment_dir))
@@ -135,8 +142,10 @@ def summarise(result_grid, searched_keys: list[str], base: dict[str, Any], max_e
 
 def format_summary(summary: dict[str, Any]) -> str:
     c = summary["counts"]
-    lines = [f"Sweep finished: {summary['trials']} trials: {c[COMPLETED]} completed, {c[STOPPED]} stopped early, "
-             f"{c[ERRORED]} errored" + (f", {c[UNFINISHED]} unfinished" if c[UNFINISHED] else "")]
+    head = "Sweep interrupted" if summary.get("interrupted") else "Sweep finished"
+    lines = [f"{head}: {summary['trials']} trials: {c[COMPLETED]} completed, {c[STOPPED]} stopped early, "
+             f"{c[DIVERGED]} diverged, {c[ERRORED]} errored"
+             + (f", {c[UNFINISHED]} unfinished" if c[UNFINISHED] else "")]
     if summary.get("best_value") is not None:
         lines.append(f"Best {SWEEP_METRIC}: {summary['best_value']:.4f}")
         params = to_config_values(summary["best_params"])
@@ -146,9 +155,8 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"Reproduce: python -m segcore.train --config {exp / 'best_config.yaml'}")
     else:
         lines.append(f"No trial reported a finite {SWEEP_METRIC}.")
-    if c[UNFINISHED] or summary.get("interrupted"):
-        lines.append(f"Interrupted: continue with  python tune_main.py --resume --storage-path "
-                     f"{Path(summary['experiment']).parent} --name {Path(summary['experiment']).name}")
+    if (c[UNFINISHED] or summary.get("interrupted")) and summary.get("resume_command"):
+        lines.append(f"Interrupted, state saved: continue with  {summary['resume_command']}")
     lines.append(f"Compare trials: tensorboard --logdir {summary['experiment']}")
     lines.append(f"Trials table: {Path(summary['experiment']) / 'trials.csv'}")
     return "\n".join(lines)

@@ -17,8 +17,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     Ray's OptunaSearch tells a trial COMPLETE with its last value even when ASHA stopped it after a fraction of the
     budget; TPE would then treat a 1-epoch score as a finished result. Here a trial that ended before ``max_t``
-    is PRUNED (its per-epoch values were already reported as intermediate values), an errored one FAIL, and a
-    non-finite value (diverged) FAIL.
+    is PRUNED (its per-epoch values were already reported as intermediate values), a non-finite value (diverged)
+    FAIL, and an errored one FAIL once the sweep has ended (``fail_running``).
     """
 
     def __init__(self, *args, max_t: int, time_attr: str = "training_iteration", **kwargs):
@@ -56,6 +56,10 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
+        if error:
+            # Left RUNNING for now: a trial that errored because its job was preempted continues on --resume and
+            # is told then. A sweep that ends without interruption tells what is still running FAIL (fail_running).
+            return None
         if result:  # Tune hands a trial's final result here, not to on_trial_result
             self.on_trial_result(trial_id, result)
         state, value = outcome(result, error, self.metric, self.time_attr, self.max_t)
@@ -91,6 +95,16 @@ def outcome(result: Optional[dict], error: bool, metric: str, time_attr: str,
     if (result or {}).get(time_attr, 0) < max_t:
         return S.PRUNED, None
     return S.COMPLETE, float(value)
+
+
+def fail_running(experiment_dir: Path, study_name: str) -> int:
+    """At the end of a sweep that was not interrupted, every trial Optuna still holds as RUNNING errored: tell it
+    FAIL. Returns how many."""
+    study = optuna.load_study(study_name=study_name, storage=optuna_storage(experiment_dir))
+    running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    for trial in running:
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+    return len(running)
 
 
 def optuna_storage(experiment_dir: Path) -> optuna.storages.RDBStorage:

@@ -6,6 +6,7 @@ CPU, nccl on GPU) started from inside the trial; either way it reads the driver'
 from __future__ import annotations
 
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -18,7 +19,8 @@ from ray import tune
 
 from segcore.config import TrainConfig
 from segcore.data import PetsDataModule
-from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
+from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC, SWEEP_MODE
+from segcore.model import DivergedError
 from segcore.train import build_module, describe_device, make_trainer, quiet_lightning
 from segtune.spaces import to_config_values
 
@@ -65,11 +67,18 @@ def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, **train
     module = build_module(cfg, encoder_state=assets.encoder_for(cfg))  # no download: the driver's weights
     trainer = make_trainer(cfg, None, callbacks=[report], logger=False, checkpoint=False, enable_progress_bar=False,
                            enable_model_summary=False, **trainer_overrides)
-    if resume_from is None:
-        trainer.fit(module, datamodule=datamodule)
-        return
-    with resume_from.as_directory() as folder:  # an interrupted trial continues from its last epoch
-        trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, CHECKPOINT_FILE))
+    try:
+        if resume_from is None:
+            trainer.fit(module, datamodule=datamodule)
+            return
+        with resume_from.as_directory() as folder:  # an interrupted trial continues from its last epoch
+            trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, CHECKPOINT_FILE))
+    except DivergedError as err:
+        # An outcome of the hyperparameters, not a failure to retry: the trial ends with a NaN val/iou, which the
+        # search records as failed and no best-trial choice can pick.
+        # (every DDP rank reports, as Ray Train expects of each epoch's report)
+        print(f"trial diverged: {err}", flush=True)
+        report.report({SWEEP_METRIC: math.nan, DIVERGED: 1, EPOCH: err.epoch, **report.extra})
 
 
 def quiet() -> None:

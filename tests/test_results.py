@@ -1,21 +1,25 @@
-"""The end-of-sweep summary tells an interrupted sweep how to continue, and only then."""
+"""The end-of-sweep summary: counts of every outcome, and how to continue an interrupted sweep (only then)."""
 from __future__ import annotations
 
-from segtune.results import COMPLETED, ERRORED, STOPPED, UNFINISHED, format_summary
+from segtune.results import COMPLETED, DIVERGED, ERRORED, STOPPED, UNFINISHED, format_summary
+
+RESUME = "python tune_main.py --resume --storage-path /runs/results --name pets"
 
 
-def summary(unfinished: int) -> dict:
-    return {"trials": 3 + unfinished, "experiment": "/runs/results/pets",
-            "counts": {COMPLETED: 2, STOPPED: 1, ERRORED: 0, UNFINISHED: unfinished}}
+def summary(unfinished: int, interrupted: bool = False) -> dict:
+    return {"trials": 5 + unfinished, "experiment": "/runs/results/pets", "interrupted": interrupted,
+            "resume_command": RESUME,
+            "counts": {COMPLETED: 2, STOPPED: 1, DIVERGED: 1, ERRORED: 1, UNFINISHED: unfinished}}
 
 
 def test_interrupted_sweep_summary_prints_the_resume_command():
-    text = format_summary(summary(unfinished=2))
-    assert "2 unfinished" in text
-    assert "python tune_main.py --resume --storage-path /runs/results --name pets" in text
+    text = format_summary(summary(unfinished=2, interrupted=True))
+    assert text.startswith("Sweep interrupted: 7 trials")
+    assert "2 unfinished" in text and RESUME in text
 
 
-def test_finished_sweep_summary_has_no_resume_hint():
+def test_finished_sweep_summary_counts_every_outcome_and_has_no_resume_hint():
     text = format_summary(summary(unfinished=0))
+    assert text.startswith("Sweep finished: 5 trials: 2 completed, 1 stopped early, 1 diverged, 1 errored")
     assert "--resume" not in text and "unfinished" not in text
     assert "tensorboard --logdir /runs/results/pets" in text

@@ -3,11 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import optuna
@@ -15,7 +10,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import REPO, run_cli
+from conftest import run_cli
 from segcore.metrics_names import SWEEP_METRIC
 
 pytestmark = pytest.mark.slow
@@ -143,50 +138,3 @@ def test_existing_experiment_is_not_overwritten_without_resume(sweep):
     proc = run_cli(*sweep_flags(experiment.parent.parent / "data", experiment.parent, "e2e"))
     assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr
     assert (experiment / "trials.csv").read_bytes() == before
-
-
-def _finished_trials(experiment: Path) -> dict[str, list[str]]:
-    """trial dir -> its result lines, for trials that ran all their epochs (or were stopped: done)."""
-    out = {}
-    for result in experiment.glob("trial_*/result.json"):
-        lines = result.read_text().splitlines()
-        last = json.loads(lines[-1]) if lines else {}
-        if last.get("done") or last.get("training_iteration") == MAX_EPOCHS:
-            out[result.parent.name] = lines
-    return out
-
-
-def test_resume_after_sigkill_finishes_without_rerunning(tmp_path):
-    storage, name = tmp_path / "results", "killed"
-    experiment = storage / name
-    flags = sweep_flags(tmp_path / "data", storage, name, "--max-concurrent", "1", "--scheduler", "fifo")
-    log = tmp_path / "driver.log"
-    with open(log, "w") as out:
-        driver = subprocess.Popen([sys.executable, *flags], cwd=REPO, env=os.environ.copy(), start_new_session=True,
-                                  stdout=out, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 400
-        while time.monotonic() < deadline and len(_finished_trials(experiment)) < 2 and driver.poll() is None:
-            time.sleep(0.5)
-        assert len(_finished_trials(experiment)) >= 2, "the sweep never finished two trials:\n" + \
-            log.read_text()[-3000:]
-    finally:
-        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the Ray processes it started: a lost machine
-        driver.wait()
-    before = _finished_trials(experiment)
-    assert len(before) < NUM_SAMPLES
-
-    proc = run_cli("tune_main.py", "--resume", "--storage-path", str(storage), "--name", name, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = read_trials(experiment)
-    assert len(rows) == NUM_SAMPLES and all(r["status"] == "completed" for r in rows)
-    after = _finished_trials(experiment)
-    for trial, lines in before.items():
-        assert after[trial] == lines, f"{trial} was run again"
-    for row in rows:  # every epoch reported once: none lost, none repeated by the resumed run
-        trial_dir = Path(row["path"])
-        iterations = [json.loads(line)["training_iteration"] for line in
-                      (trial_dir / "result.json").read_text().splitlines()]
-        assert iterations == list(range(1, MAX_EPOCHS + 1)), (trial_dir.name, iterations)
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{experiment / 'optuna.db'}")
-    assert len(study.trials) == NUM_SAMPLES

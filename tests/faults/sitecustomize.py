@@ -1,0 +1,53 @@
+"""Fault injection for the sweep tests, loaded by every Python process that has this folder on PYTHONPATH.
+
+With ``SEGSWEEP_TEST_FAULT_DIR`` set, the first trial process to start training epoch 2 raises RuntimeError in
+``training_step``, once per sweep (a marker file in that folder records it): what an out-of-memory error or a bug
+does to one trial. Nothing in the product code knows about it; it only patches ``segcore.model`` once imported.
+"""
+import importlib.abc
+import importlib.machinery
+import os
+import sys
+
+FAULT_DIR = os.environ.get("SEGSWEEP_TEST_FAULT_DIR")
+MESSAGE = "CUDA out of memory (injected by the test suite)"
+
+
+def _patch(module) -> None:
+    original = module.SegmentationModule.training_step
+
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            try:
+                fd = os.open(os.path.join(FAULT_DIR, "raised"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                pass
+            else:
+                os.write(fd, str(os.getpid()).encode())
+                os.close(fd)
+                raise RuntimeError(MESSAGE)
+        return original(self, batch, batch_idx)
+
+    module.SegmentationModule.training_step = training_step
+
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != "segcore.model":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None:
+            return None
+        loader = spec.loader
+        original_exec = loader.exec_module
+
+        def exec_module(module):
+            original_exec(module)
+            _patch(module)
+
+        loader.exec_module = exec_module
+        return spec
+
+
+if FAULT_DIR:
+    sys.meta_path.insert(0, _Finder())

@@ -1,0 +1,214 @@
+"""A sweep survives what long runs meet: a stop signal or a lost machine at any point, a trial that raises, a trial
+whose loss becomes NaN. Every check reads back what the sweep really wrote (result files, trials.csv, the Optuna
+study); nothing reported may be lost or appear twice."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import REPO, run_cli
+from segcore.metrics_names import SWEEP_METRIC
+
+pytestmark = pytest.mark.slow
+
+FAULTS = REPO / "tests" / "faults"  # sitecustomize.py: a trial raises once (see its docstring)
+MAX_EPOCHS = 3
+
+
+def flags(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
+    return ["tune_main.py", "--synthetic", "--data-dir", str(data), "--space", "smoke", "--set", "image_size=64",
+            "--set", "encoder=resnet18", "--set", "batch_size=8", "--max-epochs", str(MAX_EPOCHS),
+            "--storage-path", str(storage), "--name", name, "--seed", "1", *extra]
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def results(experiment: Path) -> dict[str, list[dict]]:
+    """Every trial's reported results, as Tune wrote them (one JSON object per line of result.json)."""
+    out = {}
+    for path in sorted(experiment.glob("trial_*/result.json")):
+        out[path.parent.name] = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return out
+
+
+def study(experiment: Path) -> optuna.Study:
+    return optuna.load_study(study_name=experiment.name, storage=f"sqlite:///{experiment / 'optuna.db'}")
+
+
+def assert_each_epoch_once(reported: dict[str, list[dict]]) -> None:
+    for trial, rows in reported.items():
+        epochs = [r["epoch"] for r in rows]
+        assert epochs == list(range(1, len(epochs) + 1)), (trial, epochs)  # none missing, none twice
+
+
+# ----- interrupts: SIGINT, SIGTERM and SIGKILL at three points of one sweep -------------------------------------
+
+def start(argv: list[str], log: Path) -> subprocess.Popen:
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, *argv], cwd=REPO, env=os.environ.copy(), stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(driver: subprocess.Popen, condition, log: Path, what: str, timeout: float = 400) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and driver.poll() is None:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"never reached: {what}\n" + log.read_text()[-3000:])
+
+
+def driver_output(text: str) -> str:
+    return "\n".join(line for line in text.splitlines() if not re.search(r"\(\w+ pid=\d+", line))
+
+
+def epochs_reported(experiment: Path) -> int:
+    return sum(len(rows) for rows in results(experiment).values())
+
+
+def trials_done(experiment: Path) -> int:
+    return sum(1 for rows in results(experiment).values() if rows and (rows[-1].get("done")
+                                                                      or rows[-1]["epoch"] == MAX_EPOCHS))
+
+
+def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(tmp_path):
+    storage, name = tmp_path / "results", "interrupted"
+    experiment = storage / name
+    resume = ["tune_main.py", "--resume", "--storage-path", str(storage), "--name", name]
+    snapshots = []
+    # (signal, to the process group or the driver alone, the point to send it at, what the command starts)
+    points = [
+        (signal.SIGINT, "group", lambda: epochs_reported(experiment) >= 1, "the first epoch result",
+         flags(tmp_path / "data", storage, name, "--num-samples", "5", "--scheduler", "fifo")),
+        (signal.SIGTERM, "driver", lambda: trials_done(experiment) >= 2, "two trials finished", resume),
+        (signal.SIGKILL, "group", None, "a new result line, before Tune's next snapshot", resume),
+    ]
+    for run, (sig, target, condition, what, argv) in enumerate(points):
+        log = tmp_path / f"run{run}.log"
+        before = epochs_reported(experiment) if experiment.exists() else 0
+        driver = start(argv, log)
+        try:
+            # SIGKILL lands right after a result is written: the moment a lost machine loses the most
+            wait_for(driver, condition or (lambda: epochs_reported(experiment) > before), log, what)
+            if target == "group":  # what Ctrl-C does in a terminal; SIGKILL: the machine is gone
+                os.killpg(driver.pid, sig)
+            else:  # what `kill PID` or a cluster's preemption notice does to the driver
+                driver.send_signal(sig)
+            code = driver.wait(timeout=120)
+        finally:
+            if driver.poll() is None:
+                os.killpg(driver.pid, signal.SIGKILL)
+                driver.wait()
+        text = log.read_text()
+        if sig != signal.SIGKILL:
+            assert code == 128 + sig, (code, text[-3000:])
+            # the driver's own output (Ray forwards the trials' logs, prefixed "(train_trial pid=N)": a trial
+            # stopped mid-epoch may log its worker's SystemExit, which is Ray's and harmless)
+            assert "Traceback" not in driver_output(text), text[-3000:]
+            assert f"continue with  python tune_main.py --resume --storage-path {storage} --name {name}" in text
+            assert "Sweep interrupted" in text
+        snapshots.append(results(experiment))
+        (tmp_path / f"snapshot{run}.json").write_text(json.dumps(snapshots[-1]))
+
+    proc = run_cli(*resume, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    final = results(experiment)
+    for snapshot in snapshots:  # every result reported before an interruption is still there, unchanged
+        for trial, rows in snapshot.items():
+            assert final[trial][:len(rows)] == rows, trial
+    assert_each_epoch_once(final)
+    rows = read_csv(experiment / "trials.csv")
+    assert len(rows) == 5 and all(r["status"] == "completed" for r in rows), [r["status"] for r in rows]
+    trials = study(experiment).trials
+    assert len(trials) == 5  # one Optuna trial per sweep trial: none asked twice, none lost
+    for trial in trials:
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        assert sorted(trial.intermediate_values) == list(range(1, MAX_EPOCHS + 1))
+    # each Optuna trial's epoch values are the ones its sweep trial reported
+    reported = sorted(tuple(round(r[SWEEP_METRIC], 6) for r in rows) for rows in final.values())
+    told = sorted(tuple(round(t.intermediate_values[e], 6) for e in range(1, MAX_EPOCHS + 1)) for t in trials)
+    assert reported == told
+
+
+# ----- a trial that raises, and one that diverges ---------------------------------------------------------------
+
+NAN_SPACE = """# lr 1e38 with SGD: the loss becomes NaN in the first epoch
+encoder_weights: none
+arch: fpn
+optimizer: sgd
+scheduler: none
+lr: {choice: [0.01, 1.0e+38]}
+"""
+
+
+@pytest.fixture
+def fault_env(tmp_path):
+    faults = tmp_path / "faults"
+    faults.mkdir()
+    path = os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")]))
+    return faults, {"PYTHONPATH": path, "SEGSWEEP_TEST_FAULT_DIR": str(faults)}
+
+
+def test_raising_trial_is_retried_from_its_checkpoint_and_nan_trials_end_diverged(tmp_path, fault_env):
+    faults, env = fault_env
+    space = tmp_path / "nan.yaml"
+    space.write_text(NAN_SPACE)
+    storage, name = tmp_path / "results", "retry"
+    argv = flags(tmp_path / "data", storage, name, "--num-samples", "4", "--scheduler", "fifo",
+                 "--max-failures", "1", "--search", "random", "--seed", "3")
+    argv[argv.index("smoke")] = str(space)
+    proc = run_cli(*argv, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (faults / "raised").is_file()  # the fault really fired in one trial
+    experiment = storage / name
+    rows = read_csv(experiment / "trials.csv")
+    by_status = {s: [r for r in rows if r["status"] == s] for s in ("completed", "diverged", "errored")}
+    assert len(rows) == 4 and not by_status["errored"], [r["status"] for r in rows]
+    assert by_status["completed"] and by_status["diverged"], [r["status"] for r in rows]
+    assert {r["param.lr"] for r in by_status["diverged"]} == {"1e+38"}
+    assert {r["param.lr"] for r in by_status["completed"]} == {"0.01"}
+    assert all(r[f"best_{SWEEP_METRIC}"] == "" for r in by_status["diverged"])  # NaN is never a result
+    reported = results(experiment)
+    assert_each_epoch_once(reported)  # the retried trial continued from its checkpoint: no epoch twice
+    for r in by_status["completed"]:
+        assert [x["epoch"] for x in reported[Path(r["path"]).name]] == list(range(1, MAX_EPOCHS + 1))
+    assert f"Sweep finished: 4 trials: {len(by_status['completed'])} completed, 0 stopped early, " \
+           f"{len(by_status['diverged'])} diverged, 0 errored" in proc.stdout
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert summary["best_params"]["lr"] == 0.01 and math.isfinite(summary["best_value"])
+    states = {t.params["lr"]: t.state for t in study(experiment).trials} if (experiment / "optuna.db").exists() \
+        else {}
+    assert not states  # --search random keeps no Optuna study
+
+
+def test_raising_trial_without_retries_is_errored_with_its_traceback_and_the_sweep_goes_on(tmp_path, fault_env):
+    faults, env = fault_env
+    storage, name = tmp_path / "results", "errored"
+    proc = run_cli(*flags(tmp_path / "data", storage, name, "--num-samples", "3", "--scheduler", "fifo"),
+                   env=env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    experiment = storage / name
+    rows = read_csv(experiment / "trials.csv")
+    errored = [r for r in rows if r["status"] == "errored"]
+    assert len(rows) == 3 and len(errored) == 1, [r["status"] for r in rows]
+    assert "injected by the test suite" in errored[0]["error"]
+    assert sum(r["status"] == "completed" for r in rows) == 2  # the others ran to the end
+    error = (Path(errored[0]["path"]) / "error.txt").read_text()  # the trial's traceback, kept in its folder
+    assert 'segtune/trial.py", line' in error and "in training_step" in error and "injected by the test" in error
+    assert "3 trials: 2 completed, 0 stopped early, 0 diverged, 1 errored" in proc.stdout
+    states = sorted(t.state.name for t in study(experiment).trials)
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # an errored trial is never a result to Optuna
