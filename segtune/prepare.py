@@ -29,6 +29,11 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
     return out
 
 
+def check_name(name: str) -> None:
+    if not NAME_RE.match(name):
+        raise UserError(f"--name '{name}': use letters, digits, '_', '-', '.' (no path separators)")
+
+
 def check_flags(args) -> None:
     problems = []
     if args.num_samples < 1:
@@ -53,8 +58,6 @@ def check_flags(args) -> None:
         problems.append(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
     if args.max_failures < 0:
         problems.append(f"--max-failures must be >= 0, got {args.max_failures}")
-    if not NAME_RE.match(args.name):
-        problems.append(f"--name '{args.name}': use letters, digits, '_', '-', '.' (no path separators)")
     if problems:
         raise UserError("invalid flags:", problems)
 

@@ -65,6 +65,14 @@ class Space:
             return list(self.searched[key][1])
         return [getattr(TrainConfig(), key)]
 
+    def save(self, path: Path) -> None:
+        """The space as resolved (with ``--set`` values fixed) in the file format ``load_space`` reads: a sweep keeps
+        it in its folder, so resuming or reporting never depends on a space file that may have changed since."""
+        body: dict[str, Any] = dict(self.fixed)
+        body.update({key: {kind: list(args)} for key, (kind, args) in self.searched.items()})
+        path.write_text(f"# {self.description} (space '{self.name}' as the sweep started with it)\n"
+                        + yaml.safe_dump(body, sort_keys=False))
+
     def to_tune(self) -> dict[str, Any]:
         """Ray Tune's param_space: OptunaSearch converts these domains into Optuna distributions."""
         from ray import tune

@@ -6,11 +6,31 @@ that folder is ``./results/<name>`` and its files are uploaded next to Ray's at 
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from segcore.errors import UserError
 from segtune.cluster import is_uri, redact
 
-DRIVER_FILES = ("trials.csv", "best_config.yaml", "summary.json", "sweep.json", "optuna.db")
+DRIVER_FILES = ("trials.csv", "best_config.yaml", "summary.json", "sweep.json", "optuna.db", "space.yaml",
+                "test_metrics.json", "report.md")
+# Query options of pyarrow's filesystems that carry secrets. A URI holding one would reach Ray's logs and its
+# pickled experiment state, so it is refused: credentials come from the environment or an instance role.
+SECRET_QUERY_KEYS = {"access_key", "secret_key", "session_token", "access_token", "account_key", "sas_token",
+                     "password", "token"}
+
+
+def check_uri(uri: str) -> None:
+    parts = urlsplit(uri)
+    secrets = sorted(k for k, _ in parse_qsl(parts.query) if k.lower() in SECRET_QUERY_KEYS)
+    if parts.username or parts.password or secrets:
+        what = "a user name or password" if (parts.username or parts.password) else ", ".join(secrets)
+        raise UserError(f"--storage-path {redact(uri)}: holds {what}; credentials in a URI would end up in logs "
+                        "and in the experiment's saved state. Give them through the environment (AWS_* variables, "
+                        "GOOGLE_APPLICATION_CREDENTIALS) or an instance role")
+    if not parts.netloc:
+        raise UserError(f"--storage-path {redact(uri)}: no bucket after {parts.scheme}://")
 
 
 class Storage:
@@ -18,11 +38,24 @@ class Storage:
         self.name = name
         self.is_uri = is_uri(storage_path)
         if self.is_uri:
-            self.uri = storage_path.rstrip("/")
+            check_uri(storage_path)
+            self.uri = storage_path
             self.local = Path("results").resolve() / name
         else:
             self.uri = None
             self.local = Path(storage_path).resolve() / name
+
+    def check_writable(self) -> None:
+        """The local folder (the experiment's, or the driver files' with a URI) can be created and written: found
+        out now, not after the data is decoded. Creates nothing."""
+        existing = self.local
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise UserError(f"--storage-path: {existing} is a file, so {self.local} cannot be created there")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"--storage-path: {existing} is not writable (read-only file system or permissions), "
+                            f"so {self.local} cannot be written")
 
     @property
     def ray_path(self) -> str:
@@ -31,11 +64,18 @@ class Storage:
 
     @property
     def ray_path_of_experiment(self) -> str:
-        return f"{self.uri}/{self.name}" if self.is_uri else str(self.local)
+        if not self.is_uri:
+            return str(self.local)
+        parts = urlsplit(self.uri)  # the name goes into the path, before any ?options
+        return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{self.name}"))
+
+    def uri_of(self, filename: str) -> str:
+        parts = urlsplit(self.ray_path_of_experiment)
+        return urlunsplit(parts._replace(path=f"{parts.path}/{filename}"))
 
     @property
     def shown(self) -> str:
-        """Printable: credentials in a URI are never shown."""
+        """Printable: nothing secret is ever in a URI we accept, and other query options are masked too."""
         if self.is_uri:
             return f"{redact(self.ray_path_of_experiment)} (driver files in {self.local})"
         return str(self.local)
@@ -47,4 +87,4 @@ class Storage:
 
         for name in DRIVER_FILES:
             if (self.local / name).is_file():
-                pyarrow.fs.copy_files(str(self.local / name), f"{self.ray_path_of_experiment}/{name}")
+                pyarrow.fs.copy_files(str(self.local / name), self.uri_of(name))

@@ -149,8 +149,13 @@ def test_storage_uris_never_show_credentials():
     assert cluster.is_uri("s3://b/p") and cluster.is_uri("gs://b") and not cluster.is_uri("/shared/nfs")
     from segtune.storage import Storage
 
-    shown = Storage("s3://AKIA:secret@bucket/sweeps", "x").shown
-    assert "secret" not in shown and "AKIA" not in shown
+    for uri in ("s3://AKIA:secret@bucket/sweeps", "s3://bucket/sweeps?region=eu-west-1&secret_key=secret"):
+        with pytest.raises(UserError, match="credentials") as err:  # refused: Ray would log and pickle them
+            Storage(uri, "x")
+        assert "secret" not in str(err.value).replace("secret_key", "") and "AKIA" not in str(err.value)
+    storage = Storage("s3://bucket/sweeps/?endpoint_override=minio.internal:9000", "x")
+    assert storage.ray_path_of_experiment == "s3://bucket/sweeps/x?endpoint_override=minio.internal:9000"
+    assert storage.shown.startswith("s3://bucket/sweeps/x?*** ") and "minio" not in storage.shown
 
 
 def test_asset_step_needs_no_network_when_assets_are_present(fake_hf_cache, pets_root, tmp_path):
