@@ -13,6 +13,7 @@ import os
 import shlex
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -78,12 +79,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="check data, space and resources, print the plan, stop")
     p.add_argument("--dashboard", action="store_true",
                    help="start Ray's dashboard with a local sweep (always on with --workers-per-trial > 1)")
-    p.add_argument("--verbose", action="store_true", help="Ray's full progress tables")
+    p.add_argument("--no-final-test", action="store_true",
+                   help="skip evaluating the best checkpoint on the test split after the sweep")
+    p.add_argument("--report", metavar="DIR", type=Path,
+                   help="only rebuild DIR/report.md (and its plots) from an experiment folder, finished or not")
+    p.add_argument("--verbose", action="store_true",
+                   help="Ray's full progress tables instead of the one-line status")
     return p
 
 
 # Flags a resumed sweep may change: how to reach Ray and what to print. The rest comes from sweep.json.
-RESUME_MAY_CHANGE = {"resume", "address", "verbose", "dry_run", "dashboard", "storage_path", "name"}
+RESUME_MAY_CHANGE = {"resume", "address", "verbose", "dry_run", "dashboard", "storage_path", "name", "no_final_test"}
 
 
 def given_flags(argv: Optional[Sequence[str]]) -> set[str]:
@@ -147,6 +153,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for name, description in list_spaces():
             print(f"{name:12s} {description}")
         return 0
+    if args.report:
+        from segtune.report import build_report
+
+        print(f"report: {build_report(args.report.resolve())}")
+        return 0
     with Interrupts() as interrupts:
         return sweep(args, given_flags(argv), interrupts)
 
@@ -169,7 +180,7 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
     if not args.address:  # a local sweep: check the request against this machine before starting anything
         resources = cluster.check_resources(args.cpus_per_trial, args.gpus_per_trial, args.workers_per_trial)
     # data decoded and weights fetched once, here, before any trial
-    assets, notes = build_assets(configs, data=pending is None)
+    assets, tests, notes = build_assets(configs, data=pending is None)
     notes += [pending] if pending else []
 
     if not (args.dry_run and not args.address):
@@ -194,10 +205,10 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
+    from segtune import tune_callbacks
     from segtune.results import format_summary, summarise
     from segtune.search import build_search, fail_running
     from segtune.trial import train_trial
-    from segtune.tune_callbacks import StopWhenSaved
 
     workers = args.workers_per_trial
     trainable = tune.with_parameters(train_trial, base=base, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial,
@@ -209,10 +220,16 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
     trainable = tune.with_resources(trainable, trial_resources)
     max_concurrent = args.max_concurrent or cluster.trial_concurrency(
         args.cpus_per_trial, args.gpus_per_trial, workers, ray_cluster.resources)
+    tune_callbacks.SHOW_PROGRESS = not args.verbose
+    ray_verbosity = 2 if args.verbose else 0  # 0: our one-line status (tune_callbacks.Progress) instead
+    # Tune's newer console output prints an experiment banner even at verbosity 0; its classic one is silent
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if args.verbose else "0"
     if args.resume and tune.Tuner.can_restore(storage.ray_path_of_experiment):
         # errored trials too: a trial killed with the job (preemption) errors, and continues from its checkpoint
         tuner = tune.Tuner.restore(storage.ray_path_of_experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
+        # the run config comes back pickled; only the verbosity is this run's (Tune offers no public setter)
+        tuner._local_tuner.get_run_config().verbose = ray_verbosity
     else:  # new, or stopped before Tune saved anything: start it (again) with its settings
         scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=args.max_epochs, grace_period=args.grace_period,
                                    reduction_factor=args.reduction_factor)
@@ -231,7 +248,8 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SWEEP_METRIC,
                                                         checkpoint_score_order=SWEEP_MODE),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                callbacks=[StopWhenSaved()], verbose=2 if args.verbose else 1),
+                callbacks=[tune_callbacks.StopWhenSaved(), tune_callbacks.Progress(args.max_epochs)],
+                verbose=ray_verbosity),
         )
     resume = resume_command(args, storage)
     try:
@@ -244,10 +262,36 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
         fail_running(storage.local, args.name)  # errored trials: not resumed any more
     summary = summarise(results, list(space.searched), base, args.max_epochs, storage.local,
                         interrupted=interrupts.received is not None, resume_command=resume)
+    if not args.no_final_test and interrupts.received is None and summary.get("best_checkpoint"):
+        print("final test: the best checkpoint on the test split ...", flush=True)
+        summary["final_test"] = final_test(results, tests, summary, args, storage)
+        (storage.local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_report(storage.local)
     storage.upload()
     print(format_summary(summary), flush=True)
     ray.shutdown()
     return interrupts.exit_code
+
+
+def final_test(results, tests, summary: dict, args: argparse.Namespace, storage: Storage) -> dict:
+    from segtune.final_test import run_final_test
+    from segtune.results import best_checkpoint, best_trial
+
+    best = best_trial(results)
+    return run_final_test(best_checkpoint(best), tests, int(summary["best_config"]["image_size"]),
+                          args.cpus_per_trial, args.gpus_per_trial, storage.local, summary.get("best_trial_id"))
+
+
+def write_report(experiment: Path) -> None:
+    """report.md and its plots. A failure here must not cost the sweep's summary: it is shown, with how to retry."""
+    from segtune.report import build_report
+
+    try:
+        print(f"report: {build_report(experiment)}", flush=True)
+    except Exception:  # noqa: BLE001 - a bug, shown with its traceback
+        traceback.print_exc()
+        print(f"the report failed (above); rebuild it with  python tune_main.py --report {experiment}",
+              file=sys.stderr, flush=True)
 
 
 def exit_now(code: int) -> None:

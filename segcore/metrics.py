@@ -42,4 +42,5 @@ class BinarySegMetrics(Metric):
             "iou": smp.metrics.iou_score(tp, fp, fn, tn, reduction="micro"),
             "per_image_iou": smp.metrics.iou_score(tp, fp, fn, tn, reduction="micro-imagewise"),
             "dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro"),
+            "per_image_dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro-imagewise"),
         }

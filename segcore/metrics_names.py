@@ -15,4 +15,4 @@ def stage_metric(stage: str, name: str) -> str:
 
 
 # The metrics each evaluation stage logs (as ``<stage>/<name>``).
-EVAL_METRICS = ("loss", "iou", "per_image_iou", "dice")
+EVAL_METRICS = ("loss", "iou", "per_image_iou", "dice", "per_image_dice")

@@ -34,19 +34,21 @@ class SweepAssets:
         return data + weights
 
 
-def build_assets(configs: list[TrainConfig], data: bool = True) -> tuple[SweepAssets, list[str]]:
+def build_assets(configs: list[TrainConfig], data: bool = True
+                 ) -> tuple[SweepAssets, dict[int, DecodedSplit], list[str]]:
     """Check + decode the data at each image size (unless ``data`` is False) and fetch each encoder's weights;
-    returns assets and notes."""
+    returns the trials' assets, the test split at each size (memory-mapped, for the final test only) and notes."""
     import numpy as np
 
     from segcore.data import PetsDataModule
     from segcore.weights import encoder_state
 
-    assets, notes = SweepAssets(), []
+    assets, tests, notes = SweepAssets(), {}, []
     for size in sorted({c.image_size for c in configs}) if data else []:
         cfg = next(c for c in configs if c.image_size == size)
         datamodule = PetsDataModule(cfg)
         summary = datamodule.check()  # all splits: the final test needs test.txt too
+        tests[size] = datamodule.decoded["test"]
         trainval = datamodule.decoded["trainval"]
         # plain arrays (not memory maps) so they travel through the object store to any node
         assets.decoded[size] = DecodedSplit(trainval.names, np.ascontiguousarray(trainval.images),
@@ -58,4 +60,4 @@ def build_assets(configs: list[TrainConfig], data: bool = True) -> tuple[SweepAs
         if state is not None:
             assets.encoders[(encoder, weights)] = state
         notes.append(f"weights {encoder}: {weights}")
-    return assets, notes
+    return assets, tests, notes

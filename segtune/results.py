@@ -104,6 +104,29 @@ def best_trial(result_grid):
         return None
 
 
+def best_checkpoint(best):
+    """The best epoch's checkpoint of the trial ``best`` (a ray.tune.Checkpoint), or None."""
+    from ray.tune import Checkpoint
+
+    if best.best_checkpoints:
+        return best.get_best_checkpoint(SWEEP_METRIC, SWEEP_MODE)
+    if best.checkpoint is not None:
+        return best.checkpoint
+    df = best.metrics_dataframe
+    if df is not None and "checkpoint_path" in df and SWEEP_METRIC in df:  # DDP trials: Ray Train keeps them
+        path = df.loc[df[SWEEP_METRIC].idxmax(), "checkpoint_path"]
+        if isinstance(path, str) and path:
+            return Checkpoint(path, filesystem=best.filesystem)
+    return None
+
+
+def checkpoint_location(checkpoint, filename: str) -> str:
+    """Where a checkpoint's file is, as a path or a URI (pyarrow paths of remote filesystems have no scheme)."""
+    kind = getattr(checkpoint.filesystem, "type_name", "local")
+    location = f"{checkpoint.path}/{filename}"
+    return location if kind == "local" else f"{'gs' if kind == 'gcs' else kind}://{location}"
+
+
 def write_best(best, base: dict[str, Any], experiment_dir: Path) -> dict[str, Any]:
     """``best_config.yaml`` (for ``python -m segcore.train --config``) and the best checkpoint's path."""
     from segtune.trial import CHECKPOINT_FILE, trial_config
@@ -112,15 +135,10 @@ def write_best(best, base: dict[str, Any], experiment_dir: Path) -> dict[str, An
     cfg.save(experiment_dir / "best_config.yaml")
     df = best.metrics_dataframe
     value = float(df[SWEEP_METRIC].max()) if df is not None and SWEEP_METRIC in df else None
-    checkpoint = best.get_best_checkpoint(SWEEP_METRIC, SWEEP_MODE) if best.best_checkpoints else best.checkpoint
-    if checkpoint is not None:
-        ckpt_path = str(Path(checkpoint.path) / CHECKPOINT_FILE)
-    elif df is not None and "checkpoint_path" in df:  # DDP trials: Ray Train keeps the checkpoints
-        ckpt_path = str(Path(df.loc[df[SWEEP_METRIC].idxmax(), "checkpoint_path"]) / CHECKPOINT_FILE)
-    else:
-        ckpt_path = None
+    checkpoint = best_checkpoint(best)
     return {"best_value": value, "best_params": best.config, "best_config": cfg.to_dict(),
-            "best_checkpoint": ckpt_path, "best_trial_path": str(best.path)}
+            "best_checkpoint": checkpoint_location(checkpoint, CHECKPOINT_FILE) if checkpoint else None,
+            "best_trial_path": str(best.path), "best_trial_id": (best.metrics or {}).get("trial_id")}
 
 
 def summarise(result_grid, searched_keys: list[str], base: dict[str, Any], max_epochs: int,
@@ -155,6 +173,10 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"Reproduce: python -m segcore.train --config {exp / 'best_config.yaml'}")
     else:
         lines.append(f"No trial reported a finite {SWEEP_METRIC}.")
+    if summary.get("final_test"):
+        from segtune.final_test import format_test
+
+        lines.append(f"{format_test(summary['final_test'])} -> {Path(summary['experiment']) / 'test_metrics.json'}")
     if (c[UNFINISHED] or summary.get("interrupted")) and summary.get("resume_command"):
         lines.append(f"Interrupted, state saved: continue with  {summary['resume_command']}")
     lines.append(f"Compare trials: tensorboard --logdir {summary['experiment']}")

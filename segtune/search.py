@@ -116,6 +116,7 @@ def build_search(kind: str, metric: str, mode: str, seed: int, experiment_dir: P
     if kind == "random":
         # Ray's variant generator: random sampling that also expands grid_search values
         return BasicVariantGenerator(random_state=seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would drown the status line
     # TPE starts modelling after a few random trials; scale that with the budget so small sweeps still use it
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, num_samples // 3)))
     return PrunedAwareOptunaSearch(metric=metric, mode=mode, sampler=sampler, study_name=study_name,

@@ -2,7 +2,10 @@
 own: what they need of this process (its ``Interrupts``) they read from ``segtune.interrupts.ACTIVE``."""
 from __future__ import annotations
 
+import math
 import signal
+import time
+from typing import Optional
 
 from ray import tune
 
@@ -31,3 +34,64 @@ class StopWhenSaved(tune.Callback):
     def on_experiment_end(self, trials: list, **info) -> None:
         if interrupts.ACTIVE is not None:
             interrupts.ACTIVE.tune_running = False
+
+
+SHOW_PROGRESS = True  # set by tune_main for this run: False with --verbose (Ray's own tables then)
+
+
+class Progress(tune.Callback):
+    """A compact live status, one line: trials running / finished / stopped early / diverged / errored, the best
+    val/iou so far, time since this run started. Printed when it changes (at most every ``min_gap_s``) and at
+    least every ``heartbeat_s``, as plain lines, so it reads the same in a terminal and in a batch job's log."""
+
+    def __init__(self, max_epochs: int, min_gap_s: float = 5.0, heartbeat_s: float = 60.0):
+        self.max_epochs, self.min_gap_s, self.heartbeat_s = max_epochs, min_gap_s, heartbeat_s
+
+    def setup(self, total_num_samples: Optional[int] = None, **info) -> None:
+        self._started, self._printed_at, self._shown = time.monotonic(), 0.0, ""
+        self._total = total_num_samples
+
+    def status(self, trials: list) -> str:
+        from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC
+
+        counts = {"running": 0, "pending": 0, "completed": 0, "stopped early": 0, "diverged": 0, "errored": 0}
+        best = None
+        for trial in trials:
+            last = trial.last_result or {}
+            if trial.status == "RUNNING":
+                counts["running"] += 1
+            elif trial.status in ("PENDING", "PAUSED"):
+                counts["pending"] += 1
+            elif trial.status == "ERROR":
+                counts["errored"] += 1
+            elif last.get(DIVERGED):
+                counts["diverged"] += 1
+            elif int(last.get(EPOCH) or 0) >= self.max_epochs:
+                counts["completed"] += 1
+            else:
+                counts["stopped early"] += 1
+            value = (getattr(trial, "metric_analysis", {}) or {}).get(SWEEP_METRIC, {}).get("max")
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                best = value if best is None else max(best, value)
+        total = f"/{self._total}" if self._total else ""
+        parts = [f"{len(trials)}{total} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)]
+        parts.append(f"best {SWEEP_METRIC} {best:.4f}" if best is not None else f"no {SWEEP_METRIC} yet")
+        return " | ".join(parts)
+
+    def _print(self, trials: list, force: bool = False) -> None:
+        if not SHOW_PROGRESS:
+            return
+        now = time.monotonic()
+        shown = self.status(trials)
+        changed = shown != self._shown
+        due = (changed and now - self._printed_at >= self.min_gap_s) or now - self._printed_at >= self.heartbeat_s
+        if force or due:
+            elapsed = int(now - self._started)
+            print(f"[{elapsed // 3600:d}:{elapsed // 60 % 60:02d}:{elapsed % 60:02d}] {shown}", flush=True)
+            self._printed_at, self._shown = now, shown
+
+    def on_step_end(self, iteration: int, trials: list, **info) -> None:
+        self._print(trials)
+
+    def on_experiment_end(self, trials: list, **info) -> None:
+        self._print(trials, force=True)

@@ -36,6 +36,7 @@ def test_matches_smp_metrics_computed_directly_over_two_updates():
         "iou": smp.metrics.iou_score(tp, fp, fn, tn, reduction="micro"),
         "per_image_iou": smp.metrics.iou_score(tp, fp, fn, tn, reduction="micro-imagewise"),
         "dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro"),
+        "per_image_dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro-imagewise"),
     }
     assert set(got) == set(expected)
     for name in expected:
@@ -122,7 +123,7 @@ def test_fit_and_validate_log_the_named_metrics(tiny_config, tmp_path):
     trainer.fit(module, datamodule=datamodule)
     names = {stage_metric("val", n) for n in EVAL_METRICS}
     assert SWEEP_METRIC in names
-    assert names == {"val/iou", "val/per_image_iou", "val/dice", "val/loss"}
+    assert names == {"val/iou", "val/per_image_iou", "val/dice", "val/per_image_dice", "val/loss"}
     assert names <= set(trainer.callback_metrics)
 
     results = trainer.validate(module, datamodule=datamodule, verbose=False)

@@ -169,11 +169,13 @@ def test_raising_trial_is_retried_from_its_checkpoint_and_nan_trials_end_diverge
     space.write_text(NAN_SPACE)
     storage, name = tmp_path / "results", "retry"
     argv = flags(tmp_path / "data", storage, name, "--num-samples", "4", "--scheduler", "fifo",
-                 "--max-failures", "1", "--search", "random", "--seed", "3")
+                 "--max-failures", "1", "--search", "random", "--seed", "3", "--verbose")
     argv[argv.index("smoke")] = str(space)
     proc = run_cli(*argv, env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (faults / "raised").is_file()  # the fault really fired in one trial
+    # --verbose: Ray's tables instead of the one-line status
+    assert "Trial status:" in proc.stdout and not re.search(r"^\[\d+:\d\d:\d\d\] \d+/4 trials", proc.stdout, re.M)
     experiment = storage / name
     rows = read_csv(experiment / "trials.csv")
     by_status = {s: [r for r in rows if r["status"] == s] for s in ("completed", "diverged", "errored")}

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -138,3 +139,124 @@ def test_existing_experiment_is_not_overwritten_without_resume(sweep):
     proc = run_cli(*sweep_flags(experiment.parent.parent / "data", experiment.parent, "e2e"))
     assert proc.returncode == 2 and "--resume" in proc.stderr and "Traceback" not in proc.stderr
     assert (experiment / "trials.csv").read_bytes() == before
+
+
+# ----- what a sweep shows: the status line, the final test, the report ------------------------------------------
+
+def test_terminal_shows_a_compact_status_line_not_rays_tables(sweep):
+    experiment, proc = sweep
+    status = [line for line in proc.stdout.splitlines()
+              if re.fullmatch(rf"\[\d+:\d\d:\d\d\] \d+/{NUM_SAMPLES} trials: .*", line)]
+    assert status, proc.stdout[-3000:]
+    assert "Trial status:" not in proc.stdout and "╭" not in proc.stdout  # Ray's tables stay off
+    rows = read_trials(experiment)
+    last = status[-1]  # the final state: every trial accounted for, the same best as the summary
+    for label in ("completed", "stopped early"):
+        assert f"{sum(r['status'] == label for r in rows)} {label}" in last, last
+    assert "running" not in last and "pending" not in last
+    best = json.loads((experiment / "summary.json").read_text())["best_value"]
+    assert f"best {SWEEP_METRIC} {best:.4f}" in last
+
+
+def test_final_test_matches_a_direct_evaluation_of_the_best_checkpoint(sweep):
+    import segmentation_models_pytorch as smp
+    import torch
+
+    from segcore.data import PetsDataModule
+    from segcore.model import SegmentationModule
+
+    experiment, proc = sweep
+    metrics = json.loads((experiment / "test_metrics.json").read_text())
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert metrics["checkpoint"] == summary["best_checkpoint"] and summary["final_test"] == metrics
+    names = ("test/iou", "test/per_image_iou", "test/dice", "test/per_image_dice")
+    assert all(0.0 <= metrics[k] <= 1.0 for k in names)
+    assert f"Final test, best checkpoint on {metrics['images']} test images: IoU {metrics['test/iou']:.4f}" \
+        in proc.stdout
+
+    # the checkpoint on every test image, with SMP's metric functions directly
+    module = SegmentationModule.from_checkpoint(metrics["checkpoint"])
+    datamodule = PetsDataModule(module.cfg.replace(data_dir=str(experiment.parent.parent / "data")))
+    datamodule.setup("test")
+    test = datamodule.test_set
+    assert metrics["images"] == len(test)
+    batch = test.__getitems__(list(range(len(test))))
+    with torch.inference_mode():
+        pred = (module(batch["image"]).sigmoid() > 0.5).long()
+    stats = smp.metrics.get_stats(pred, batch["mask"].long(), mode="binary")
+    expected = {"test/iou": smp.metrics.iou_score(*stats, reduction="micro"),
+                "test/per_image_iou": smp.metrics.iou_score(*stats, reduction="micro-imagewise"),
+                "test/dice": smp.metrics.f1_score(*stats, reduction="micro"),
+                "test/per_image_dice": smp.metrics.f1_score(*stats, reduction="micro-imagewise")}
+    for name, value in expected.items():
+        assert metrics[name] == pytest.approx(float(value), abs=1e-5), name
+
+
+def table(report: str, header: str) -> list[list[str]]:
+    """The rows of the markdown table under ``## header``."""
+    section = report.split(f"## {header}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line.strip("|").split("|") for line in section.splitlines() if line.startswith("|")]
+    return [[cell.strip().strip("`") for cell in row] for row in rows[2:]]
+
+
+def assert_real_plot(path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        assert image.width >= 600 and image.height >= 250, image.size
+        pixels = np.asarray(image.convert("L"), dtype=np.float32)
+    assert pixels.std() > 10 and (pixels < 128).mean() > 0.005, path  # drawn on, not a blank canvas
+
+
+def trial_results(experiment: Path) -> dict[str, list[dict]]:
+    return {p.parent.name.removeprefix("trial_"): [json.loads(line) for line in p.read_text().splitlines()]
+            for p in experiment.glob("trial_*/result.json")}
+
+
+def test_report_plots_every_trial_and_its_numbers_are_the_trials(sweep):
+    experiment, proc = sweep
+    report = (experiment / "report.md").read_text()
+    assert f"report: {experiment / 'report.md'}" in proc.stdout
+    for png in ("report_val_iou.png", "report_best_so_far.png", "report_importances.png",
+                "report_predictions.png"):
+        assert f"]({png})" in report
+        assert_real_plot(experiment / png)
+    results = trial_results(experiment)
+    rows = table(report, f"{SWEEP_METRIC} per epoch")
+    assert sorted(r[1] for r in rows) == sorted(results)  # every trial, once
+    statuses = {Path(r["path"]).name.removeprefix("trial_"): r["status"] for r in read_trials(experiment)}
+    for number, trial_id, status, epochs, best, last in rows:
+        values = [r[SWEEP_METRIC] for r in results[trial_id]]
+        assert status == statuses[trial_id] and int(epochs) == len(values)
+        assert float(best) == pytest.approx(max(values), abs=5e-5)
+        assert float(last) == pytest.approx(values[-1], abs=5e-5)
+    # trials numbered by start; best so far is the running maximum of the trials' bests
+    by_number = {int(r[0]): float(r[4]) for r in rows}
+    running = 0.0
+    for number, best, so_far in table(report, "Best so far"):
+        running = max(running, by_number[int(number)])
+        assert float(best) == pytest.approx(by_number[int(number)]) and float(so_far) == pytest.approx(running)
+    importances = {name: float(value) for name, value in table(report, "Parameter importances")}
+    searched = {k.removeprefix("param.") for k in read_trials(experiment)[0] if k.startswith("param.")}
+    assert importances and set(importances) <= searched and sum(importances.values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_report_rebuilds_from_an_interrupted_experiment(sweep, tmp_path):
+    """--report reads only the folder: a copy whose driver died (no trials.csv, a trial cut short) still reports."""
+    import shutil
+
+    experiment, _ = sweep
+    copy = tmp_path / "e2e"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("checkpoint_*", "events.out.*", "report*",
+                                                                    "trials.csv", "summary.json", "test_metrics.json"))
+    cut = max(copy.glob("trial_*/result.json"), key=lambda p: len(p.read_text().splitlines()))
+    lines = cut.read_text().splitlines()
+    cut.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # epoch 1, then a line the kill cut short
+    proc = run_cli("tune_main.py", "--report", str(copy), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (copy / "report.md").read_text()
+    rows = {r[1]: r for r in table(report, f"{SWEEP_METRIC} per epoch")}
+    assert rows[cut.parent.name.removeprefix("trial_")][2:4] == ["unfinished", "1"]
+    assert "Final test" not in report and "no checkpoint of the best trial is left" in report
+    assert_real_plot(copy / "report_val_iou.png")

@@ -122,6 +122,7 @@ CASES = {
     "existing-experiment-without-resume": existing_name,
     "resume-of-nothing": resume_unknown,
     "resume-with-other-flags": resume_other_flags,
+    "report-of-no-experiment": lambda ctx: (["--report", str(ctx["tmp"])], ["--report", "no sweep.json"]),
 }
 
 

@@ -1,0 +1,367 @@
+"""The sweep report: ``report.md`` and its PNGs in the experiment folder, built from the files a sweep leaves.
+
+It reads only what is on disk (each trial's ``result.json`` and ``params.json``, ``sweep.json``, ``space.yaml``,
+``test_metrics.json``), so it can be rebuilt at any time, also from an interrupted or killed sweep:
+``python tune_main.py --report DIR``. What it shows:
+
+- ``val/iou`` per epoch for every trial (a trial ASHA stopped ends early, marked x);
+- the best ``val/iou`` so far against trial number (trials numbered by start);
+- Optuna's parameter importances for the best ``val/iou`` each trial reached (stopped trials included);
+- the best checkpoint's predictions on validation images (image | truth | prediction).
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from segcore.errors import UserError
+from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC
+
+REPORT_FILE = "report.md"
+CURVES_PNG, BEST_SO_FAR_PNG = "report_val_iou.png", "report_best_so_far.png"
+IMPORTANCES_PNG, PREDICTIONS_PNG = "report_importances.png", "report_predictions.png"
+TEST_METRICS_FILE = "test_metrics.json"
+CHECKPOINT_FILE = "checkpoint.ckpt"  # as segtune.trial writes it
+SAMPLES_SHOWN = 6
+
+
+@dataclass
+class TrialRecord:
+    trial_id: str
+    path: Path
+    config: dict[str, Any]
+    rows: list[dict[str, Any]]  # reported results, in order
+    status: str = ""
+    number: int = 0  # 1-based, by start time
+
+    @property
+    def values(self) -> list[Optional[float]]:
+        return [finite(r.get(SWEEP_METRIC)) for r in self.rows]
+
+    @property
+    def epochs(self) -> list[int]:
+        return [int(r.get(EPOCH) or r.get("training_iteration") or i + 1) for i, r in enumerate(self.rows)]
+
+    @property
+    def best(self) -> Optional[float]:
+        values = [v for v in self.values if v is not None]
+        return max(values) if values else None
+
+    @property
+    def start(self) -> float:
+        if not self.rows:
+            return math.inf
+        return float(self.rows[0].get("timestamp", 0)) - float(self.rows[0].get("time_this_iter_s", 0))
+
+
+@dataclass
+class Experiment:
+    path: Path
+    settings: dict[str, Any]
+    trials: list[TrialRecord] = field(default_factory=list)
+
+    @property
+    def max_epochs(self) -> int:
+        return int(self.settings.get("max_epochs") or max((max(t.epochs, default=0) for t in self.trials),
+                                                          default=0))
+
+    def best(self) -> Optional[tuple[TrialRecord, dict[str, Any]]]:
+        """The trial and result row with the highest val/iou of any epoch."""
+        found = [(v, t, row) for t in self.trials for v, row in zip(t.values, t.rows) if v is not None]
+        if not found:
+            return None
+        _, trial, row = max(found, key=lambda x: x[0])
+        return trial, row
+
+
+def finite(value: Any) -> Optional[float]:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def read_experiment(path: Path) -> Experiment:
+    if not path.is_dir():
+        raise UserError(f"--report {path}: not found (give the experiment folder, <storage-path>/<name>)")
+    settings_file = path / "sweep.json"
+    if not settings_file.is_file():
+        raise UserError(f"--report {path}: not a sweep experiment (no sweep.json)")
+    experiment = Experiment(path, json.loads(settings_file.read_text()))
+    for trial_dir in sorted(p for p in path.glob("trial_*") if p.is_dir()):
+        result_file, params_file = trial_dir / "result.json", trial_dir / "params.json"
+        rows = []
+        if result_file.is_file():
+            for line in result_file.read_text().splitlines():
+                try:
+                    rows.append(json.loads(line))
+                except ValueError:  # a line cut short by a killed driver
+                    continue
+        config = json.loads(params_file.read_text()) if params_file.is_file() else {}
+        experiment.trials.append(TrialRecord(trial_dir.name.removeprefix("trial_"), trial_dir, config, rows))
+    for number, trial in enumerate(sorted(experiment.trials, key=lambda t: (t.start, t.trial_id)), start=1):
+        trial.number = number
+        trial.status = status_of(trial, experiment.max_epochs)
+    experiment.trials.sort(key=lambda t: t.number)
+    return experiment
+
+
+def status_of(trial: TrialRecord, max_epochs: int) -> str:
+    from segtune.results import COMPLETED, DIVERGED as DIVERGED_STATUS, ERRORED, STOPPED, UNFINISHED
+
+    last = trial.rows[-1] if trial.rows else {}
+    if last.get(DIVERGED):
+        return DIVERGED_STATUS
+    if trial.epochs and trial.epochs[-1] >= max_epochs:
+        return COMPLETED
+    if last.get("done"):
+        return STOPPED
+    if (trial.path / "error.txt").is_file():
+        return ERRORED
+    return UNFINISHED
+
+
+# ----- plots ------------------------------------------------------------------------------------------------------
+
+def _figure(width: float = 8.0, height: float = 4.8):
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    return plt, *plt.subplots(figsize=(width, height), dpi=100)
+
+
+def plot_curves(experiment: Experiment, out: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    from segtune.results import STOPPED
+
+    plt, fig, ax = _figure()
+    for trial in experiment.trials:
+        points = [(e, v) for e, v in zip(trial.epochs, trial.values) if v is not None]
+        if not points:
+            continue
+        epochs, values = zip(*points)
+        line, = ax.plot(epochs, values, marker="o", markersize=3, linewidth=1.2, label=f"#{trial.number}")
+        if trial.status == STOPPED:  # where ASHA stopped it
+            ax.plot(epochs[-1], values[-1], marker="x", markersize=9, color=line.get_color())
+    ax.set(xlabel="epoch", ylabel=SWEEP_METRIC, title=f"{SWEEP_METRIC} per epoch (x: stopped early by ASHA)")
+    ax.set_xlim(0.5, max(experiment.max_epochs, 1) + 0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    if len(experiment.trials) <= 20:
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def best_so_far(experiment: Experiment) -> list[tuple[int, Optional[float], Optional[float]]]:
+    """(trial number, the trial's best, the best of trials 1..number) for every trial."""
+    out, running = [], None
+    for trial in experiment.trials:
+        best = trial.best
+        if best is not None:
+            running = best if running is None else max(running, best)
+        out.append((trial.number, best, running))
+    return out
+
+
+def plot_best_so_far(points: list[tuple[int, Optional[float], Optional[float]]], out: Path) -> None:
+    from matplotlib.ticker import MaxNLocator
+    plt, fig, ax = _figure()
+    scattered = [(n, b) for n, b, _ in points if b is not None]
+    if scattered:
+        ax.scatter(*zip(*scattered), s=18, alpha=0.6, label="best of the trial")
+    running = [(n, r) for n, _, r in points if r is not None]
+    if running:
+        ax.step(*zip(*running), where="post", linewidth=2, color="black", label="best so far")
+    ax.set(xlabel="trial number (by start)", ylabel=SWEEP_METRIC, title=f"best {SWEEP_METRIC} so far")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+def importances(experiment: Experiment) -> tuple[dict[str, float], str]:
+    """Optuna's parameter importances (its default evaluator) for each trial's best val/iou, over the searched parameters; or
+    an empty dict and why not."""
+    import optuna
+
+    searched, distributions = searched_distributions(experiment)
+    trials = [t for t in experiment.trials if t.best is not None and all(k in t.config for k in searched)]
+    varied = [k for k in searched if len({json.dumps(t.config[k], sort_keys=True) for t in trials}) > 1]
+    if len(trials) < 3 or not varied:
+        return {}, f"too few trials with a {SWEEP_METRIC} ({len(trials)}) or no parameter varied"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize")
+    for t in trials:
+        params = {k: t.config[k] for k in varied}
+        study.add_trial(optuna.trial.create_trial(params=params, value=t.best,
+                                                  distributions={k: distributions[k] for k in varied}))
+    # Optuna's default evaluator (PED-ANOVA): deterministic, and needs no scikit-learn (fANOVA does)
+    return optuna.importance.get_param_importances(study), ""
+
+
+def searched_distributions(experiment: Experiment) -> tuple[list[str], dict[str, Any]]:
+    """The searched keys and their Optuna distributions, from the space the sweep started with (space.yaml), or,
+    for an experiment without one, from the values its trials took."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    space_file = experiment.path / "space.yaml"
+    if space_file.is_file():
+        from ray.tune.search.optuna import OptunaSearch
+
+        from segtune.spaces import load_space
+
+        space = load_space(str(space_file), search="random")
+        searched = list(space.searched)
+        grid = {k: CategoricalDistribution(args) for k, (kind, args) in space.searched.items() if kind == "grid"}
+        tune_space = {k: v for k, v in space.to_tune().items() if k in searched and k not in grid}
+        return searched, {**OptunaSearch.convert_search_space(tune_space), **grid}
+    keys = sorted({k for t in experiment.trials for k in t.config})
+    searched, distributions = [], {}
+    for key in keys:
+        values = [t.config[key] for t in experiment.trials if key in t.config]
+        distinct = sorted({json.dumps(v, sort_keys=True) for v in values})
+        if len(distinct) < 2:
+            continue
+        searched.append(key)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            distributions[key] = FloatDistribution(float(min(values)), float(max(values)))
+        else:
+            distributions[key] = CategoricalDistribution([json.loads(v) for v in distinct])
+    return searched, distributions
+
+
+def plot_importances(values: dict[str, float], out: Path) -> None:
+    plt, fig, ax = _figure(8.0, max(2.5, 0.5 * len(values) + 1.2))
+    names = list(values)[::-1]
+    ax.barh(names, [values[n] for n in names], color="tab:blue")
+    for y, name in enumerate(names):
+        ax.text(values[name], y, f" {values[name]:.3f}", va="center", fontsize=8)
+    ax.set(xlabel="importance (Optuna, PED-ANOVA)", title=f"parameter importance for the best {SWEEP_METRIC}")
+    ax.set_xlim(0, max(values.values()) * 1.2 or 1)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+
+
+# ----- the best model on validation images ----------------------------------------------------------------------
+
+def checkpoint_of(trial: TrialRecord, row: dict[str, Any]) -> Optional[Path]:
+    """The checkpoint saved with ``row``; if Tune has since removed it (it keeps the best), the trial's kept
+    checkpoint with the highest val/iou."""
+    candidates = [(finite(r.get(SWEEP_METRIC)) or -1.0, r) for r in trial.rows]
+    for _, r in [(None, row)] + sorted(candidates, key=lambda x: -x[0]):
+        for folder in (r.get("checkpoint_dir_name"), r.get("checkpoint_path")):
+            if folder:
+                path = Path(folder) if Path(folder).is_absolute() else trial.path / folder
+                if (path / CHECKPOINT_FILE).is_file():
+                    return path / CHECKPOINT_FILE
+    return None
+
+
+def predictions_grid(checkpoint: Path, data_dir: str, out: Path) -> str:
+    """Image | truth | prediction rows for the first validation images of the best trial's split. Returns what
+    was shown, or raises UserError when the data is not there."""
+    import torch
+    from PIL import Image
+
+    from segcore.callbacks import comparison_grid
+    from segcore.data import PetsDataModule
+    from segcore.model import SegmentationModule
+
+    module = SegmentationModule.from_checkpoint(str(checkpoint))
+    cfg = module.cfg.replace(data_dir=data_dir, num_workers=0)
+    datamodule = PetsDataModule(cfg)
+    datamodule.setup("validate")
+    n = min(SAMPLES_SHOWN, len(datamodule.val_set))
+    batch = datamodule.val_set.__getitems__(list(range(n)))
+    with torch.inference_mode():
+        pred = (module(batch["image"]).sigmoid() > 0.5).to(torch.uint8)
+    grid = Image.fromarray(comparison_grid(batch["image"], batch["mask"], pred).permute(1, 2, 0).numpy())
+    scale = max(1, 600 // grid.width)  # small training sizes: enlarged (nearest, pixels kept) to be seen
+    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(out)
+    return f"{n} validation images at {cfg.image_size}px"
+
+
+# ----- the report -----------------------------------------------------------------------------------------------
+
+def _fmt(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.4f}"
+
+
+def build_report(path: Path) -> Path:
+    """Write report.md and its PNGs into the experiment folder ``path``; returns the report's path."""
+    from segtune.results import STATUSES
+
+    experiment = read_experiment(path)
+    s = experiment.settings
+    lines = [f"# Sweep report: {path.name}", "",
+             f"Space `{s.get('space')}`, search {s.get('search')} (seed {s.get('seed')}), scheduler "
+             f"{s.get('scheduler')}, up to {experiment.max_epochs} epochs per trial; metric `{SWEEP_METRIC}`.", ""]
+    counts = {status: sum(t.status == status for t in experiment.trials) for status in STATUSES}
+    lines += [f"{len(experiment.trials)} trials: " + ", ".join(f"{n} {status}" for status, n in counts.items() if n),
+              ""]
+    best = experiment.best()
+    if best is not None:
+        trial, row = best
+        lines += ["## Best trial", "",
+                  f"Trial #{trial.number} (`{trial.trial_id}`), epoch {row.get(EPOCH)}: {SWEEP_METRIC} "
+                  f"**{_fmt(finite(row.get(SWEEP_METRIC)))}**", ""]
+        lines += [f"- {k}: `{v}`" for k, v in sorted(trial.config.items())] + [""]
+    test_file = path / TEST_METRICS_FILE
+    if test_file.is_file():
+        test = json.loads(test_file.read_text())
+        lines += ["## Final test", "", f"The best checkpoint on the test split ({test.get('images')} images):", "",
+                  "| metric | value |", "| --- | --- |"]
+        lines += [f"| {k} | {_fmt(finite(v))} |" for k, v in test.items() if k.startswith("test/")] + [""]
+
+    plot_curves(experiment, path / CURVES_PNG)
+    lines += [f"## {SWEEP_METRIC} per epoch", "", f"![{SWEEP_METRIC} per epoch]({CURVES_PNG})", "",
+              "| trial | id | status | epochs | best | last |", "| --- | --- | --- | --- | --- | --- |"]
+    for t in experiment.trials:
+        values = [v for v in t.values if v is not None]
+        lines.append(f"| {t.number} | `{t.trial_id}` | {t.status} | {len(t.rows)} | {_fmt(t.best)} | "
+                     f"{_fmt(values[-1] if values else None)} |")
+    lines.append("")
+
+    points = best_so_far(experiment)
+    plot_best_so_far(points, path / BEST_SO_FAR_PNG)
+    lines += ["## Best so far", "", f"![best so far]({BEST_SO_FAR_PNG})", "",
+              "| trial | best of the trial | best so far |", "| --- | --- | --- |"]
+    lines += [f"| {n} | {_fmt(b)} | {_fmt(r)} |" for n, b, r in points] + [""]
+
+    values, why_not = importances(experiment)
+    lines += ["## Parameter importances", ""]
+    if values:
+        plot_importances(values, path / IMPORTANCES_PNG)
+        lines += [f"Optuna's importances (PED-ANOVA) for the best {SWEEP_METRIC} each trial reached (trials stopped early "
+                  "included, at the epochs they ran).", "", f"![parameter importances]({IMPORTANCES_PNG})", "",
+                  "| parameter | importance |", "| --- | --- |"]
+        lines += [f"| {k} | {v:.4f} |" for k, v in values.items()] + [""]
+    else:
+        lines += [f"Not computed: {why_not}.", ""]
+
+    lines += ["## Best model on validation images", ""]
+    checkpoint = checkpoint_of(*best) if best is not None else None
+    if checkpoint is None:
+        lines += ["Not shown: no checkpoint of the best trial is left.", ""]
+    else:
+        try:
+            shown = predictions_grid(checkpoint, s.get("data_dir", ""), path / PREDICTIONS_PNG)
+            lines += [f"Each row: image | truth (green) | prediction (red); {shown}, checkpoint `{checkpoint}`.",
+                      "", f"![predictions]({PREDICTIONS_PNG})", ""]
+        except UserError as err:
+            lines += [f"Not shown: the data is not readable here ({str(err).splitlines()[0]}).", ""]
+    report = path / REPORT_FILE
+    report.write_text("\n".join(lines))
+    return report
