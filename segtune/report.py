@@ -19,6 +19,8 @@ from typing import Any, Optional
 
 from segcore.errors import UserError
 from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC
+from segtune.results import COMPLETED, ERRORED, STATUSES, STOPPED, UNFINISHED, finite
+from segtune.results import DIVERGED as DIVERGED_STATUS
 
 REPORT_FILE = "report.md"
 CURVES_PNG, BEST_SO_FAR_PNG = "report_val_iou.png", "report_best_so_far.png"
@@ -77,14 +79,6 @@ class Experiment:
         return trial, row
 
 
-def finite(value: Any) -> Optional[float]:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return None
-    return value if math.isfinite(value) else None
-
-
 def read_experiment(path: Path) -> Experiment:
     if not path.is_dir():
         raise UserError(f"--report {path}: not found (give the experiment folder, <storage-path>/<name>)")
@@ -111,8 +105,6 @@ def read_experiment(path: Path) -> Experiment:
 
 
 def status_of(trial: TrialRecord, max_epochs: int) -> str:
-    from segtune.results import COMPLETED, DIVERGED as DIVERGED_STATUS, ERRORED, STOPPED, UNFINISHED
-
     last = trial.rows[-1] if trial.rows else {}
     if last.get(DIVERGED):
         return DIVERGED_STATUS
@@ -138,8 +130,6 @@ def _figure(width: float = 8.0, height: float = 4.8):
 
 def plot_curves(experiment: Experiment, out: Path) -> None:
     from matplotlib.ticker import MaxNLocator
-
-    from segtune.results import STOPPED
 
     plt, fig, ax = _figure()
     for trial in experiment.trials:
@@ -191,8 +181,8 @@ def plot_best_so_far(points: list[tuple[int, Optional[float], Optional[float]]],
 
 
 def importances(experiment: Experiment) -> tuple[dict[str, float], str]:
-    """Optuna's parameter importances (its default evaluator) for each trial's best val/iou, over the searched parameters; or
-    an empty dict and why not."""
+    """Optuna's parameter importances (its default evaluator) for each trial's best val/iou, over the searched
+    parameters; or an empty dict and why not."""
     import optuna
 
     searched, distributions = searched_distributions(experiment)
@@ -301,8 +291,6 @@ def _fmt(value: Optional[float]) -> str:
 
 def build_report(path: Path) -> Path:
     """Write report.md and its PNGs into the experiment folder ``path``; returns the report's path."""
-    from segtune.results import STATUSES
-
     experiment = read_experiment(path)
     s = experiment.settings
     lines = [f"# Sweep report: {path.name}", "",
@@ -344,8 +332,8 @@ def build_report(path: Path) -> Path:
     lines += ["## Parameter importances", ""]
     if values:
         plot_importances(values, path / IMPORTANCES_PNG)
-        lines += [f"Optuna's importances (PED-ANOVA) for the best {SWEEP_METRIC} each trial reached (trials stopped early "
-                  "included, at the epochs they ran).", "", f"![parameter importances]({IMPORTANCES_PNG})", "",
+        lines += [f"Optuna's importances (PED-ANOVA) for the best {SWEEP_METRIC} each trial reached (trials stopped "
+                  "early included, at the epochs they ran).", "", f"![parameter importances]({IMPORTANCES_PNG})", "",
                   "| parameter | importance |", "| --- | --- |"]
         lines += [f"| {k} | {v:.4f} |" for k, v in values.items()] + [""]
     else:

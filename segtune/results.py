@@ -49,7 +49,8 @@ def _fmt(value: Optional[float]) -> Any:
     return "" if value is None else round(value, 6)
 
 
-def _finite(value: Any) -> Optional[float]:
+def finite(value: Any) -> Optional[float]:
+    """``value`` as a float, or None when it is missing, not a number, NaN or infinite."""
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -62,7 +63,7 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
     for result in result_grid:
         metrics = result.metrics or {}
         df = result.metrics_dataframe
-        history = [] if df is None or SWEEP_METRIC not in df else [_finite(v) for v in df[SWEEP_METRIC]]
+        history = [] if df is None or SWEEP_METRIC not in df else [finite(v) for v in df[SWEEP_METRIC]]
         history = [v for v in history if v is not None]
         epochs = int(metrics.get(EPOCH) or 0)
         if result.error is not None:
@@ -79,7 +80,7 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
         rows.append(TrialRow(
             trial_id=metrics.get("trial_id") or Path(result.path).name, status=status,
             params={k: result.config.get(k) for k in searched_keys},
-            last=_finite(metrics.get(SWEEP_METRIC)), best=max(history) if history else None, epochs=epochs,
+            last=finite(metrics.get(SWEEP_METRIC)), best=max(history) if history else None, epochs=epochs,
             wall_time_s=float(metrics.get("time_total_s") or 0.0), hostname=str(metrics.get("hostname", "")),
             node_ip=str(metrics.get("node_ip", "")), node_id=str(metrics.get("node_id", "")),
             device=str(metrics.get("device", "")), world_size=int(metrics.get("world_size") or 0),
