@@ -22,7 +22,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
 SCHEDULERS = ("none", "step", "exponential", "cosine", "onecycle", "cyclic", "plateau")
 LOSSES = ("bce", "dice", "focal", "jaccard", "dice+bce")
 BORDER_MODES = ("pet", "background", "ignore")  # what the trimap's border band (value 3) becomes
-PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
+# "auto": bf16-mixed on GPUs that support bf16, 16-mixed on older GPUs, 32-true on the CPU (segcore.train)
+PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 WEIGHTS_KEYWORDS = ("imagenet", "none")  # anything else must be a path to a state-dict file
 
@@ -77,7 +78,7 @@ class TrainConfig:
     num_workers: int = 0  # loader processes: batches are copies from the decoded cache, workers only add IPC
     # run
     seed: int = 42
-    precision: str = "32-true"
+    precision: str = "auto"  # mixed precision where the GPU has it; full precision on the CPU
     accelerator: str = "auto"
     devices: str = "auto"  # Lightning's devices: "auto", a count ("2") or a list ("0,1")
     channels_last: bool = False  # NHWC memory format: faster convolutions on tensor-core GPUs

@@ -37,16 +37,36 @@ def lightning_devices(devices: str) -> Any:
     return parts[0] if len(parts) == 1 and "," not in devices else parts
 
 
+def on_gpu(cfg: TrainConfig) -> bool:
+    return torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+
+
+def resolve_precision(precision: str, gpu: bool, bf16: bool) -> str:
+    """Lightning's precision for ``precision``: "auto" is bf16-mixed on a GPU with bf16 (Ampere or newer; same range
+    as float32, no loss scaling), 16-mixed on older GPUs (with loss scaling), 32-true on the CPU."""
+    if precision != "auto":
+        return precision
+    if not gpu:
+        return "32-true"
+    return "bf16-mixed" if bf16 else "16-mixed"
+
+
+def precision_of(cfg: TrainConfig) -> str:
+    gpu = on_gpu(cfg)
+    return resolve_precision(cfg.precision, gpu, gpu and torch.cuda.is_bf16_supported())
+
+
 def describe_device(cfg: TrainConfig) -> str:
     """One log line with every GPU-relevant choice, so a GPU run can be checked from its log."""
-    if torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda"):
+    if on_gpu(cfg):
         name = torch.cuda.get_device_name(0)
         bf16 = torch.cuda.is_bf16_supported()
         where = f"GPU ({name}, {torch.cuda.device_count()} visible, bf16 {'supported' if bf16 else 'unsupported'})"
     else:
         where = "CPU"
-    return (f"device: {where}; accelerator={cfg.accelerator} devices={cfg.devices} precision={cfg.precision} "
-            f"channels_last={cfg.channels_last} compile={cfg.compile} pin_memory={torch.cuda.is_available()}")
+    return (f"device: {where}; accelerator={cfg.accelerator} devices={cfg.devices} precision={precision_of(cfg)} "
+            f"(asked: {cfg.precision}) channels_last={cfg.channels_last} compile={cfg.compile} "
+            f"pin_memory={torch.cuda.is_available()} non_blocking_copies={torch.cuda.is_available()}")
 
 
 def make_trainer(cfg: TrainConfig, output_dir: Optional[Path], callbacks: Iterable[pl.Callback] = (),
@@ -62,7 +82,7 @@ def make_trainer(cfg: TrainConfig, output_dir: Optional[Path], callbacks: Iterab
                                          monitor=SWEEP_METRIC, mode=SWEEP_MODE, save_top_k=1, save_last=False,
                                          auto_insert_metric_name=False))
     kwargs = dict(max_epochs=cfg.epochs, accelerator=cfg.accelerator, devices=lightning_devices(cfg.devices),
-                  precision=cfg.precision, logger=logger or False, callbacks=callbacks,
+                  precision=precision_of(cfg), logger=logger or False, callbacks=callbacks,
                   enable_checkpointing=checkpoint, default_root_dir=str(output_dir) if output_dir else None,
                   log_every_n_steps=1, num_sanity_val_steps=0)
     kwargs.update(overrides)
@@ -148,7 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num_workers", type=int, help=f"data loader processes (default {d.num_workers})")
     p.add_argument("--accelerator", help=f"auto | cpu | gpu (default {d.accelerator})")
     p.add_argument("--devices", help=f"auto, a count or a list like 0,1 (default {d.devices})")
-    p.add_argument("--precision", help=f"32-true | 16-mixed | bf16-mixed ... (default {d.precision})")
+    p.add_argument("--precision", help=f"auto (bf16/16-mixed on GPUs, 32 on CPU) | 32-true | 16-mixed | "
+                                       f"bf16-mixed ... (default {d.precision})")
     p.add_argument("--channels_last", action="store_const", const=True, help="NHWC memory format (GPU speed-up)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the network")
     return p

@@ -116,3 +116,31 @@ def test_offline_imagenet_weights_fail_within_seconds(monkeypatch, tmp_path):
         create_model("fpn", "resnet18", "imagenet")
     elapsed = time.monotonic() - started
     assert elapsed < 10, f"took {elapsed:.1f}s: the weights check must not wait on network retries"
+
+
+@pytest.mark.parametrize("asked, gpu, bf16, used", [
+    ("auto", True, True, "bf16-mixed"),  # Ampere and newer: bf16, no loss scaling
+    ("auto", True, False, "16-mixed"),  # older GPUs: fp16 with loss scaling
+    ("auto", False, False, "32-true"),  # the CPU: full precision
+    ("32-true", True, True, "32-true"),  # asked for explicitly: as asked
+    ("bf16-mixed", False, False, "bf16-mixed"),
+])
+def test_auto_precision_is_mixed_on_gpus_and_full_on_the_cpu(asked, gpu, bf16, used):
+    from segcore.train import resolve_precision
+
+    assert resolve_precision(asked, gpu=gpu, bf16=bf16) == used
+
+
+def test_device_line_shows_every_gpu_choice_and_this_machine_trains_in_full_precision(tiny_config):
+    import torch
+
+    from segcore.train import describe_device, make_trainer
+
+    cfg = tiny_config.replace(precision="auto", accelerator="auto")
+    line = describe_device(cfg)
+    for part in ("precision=", "(asked: auto)", "channels_last=", "compile=", "pin_memory=", "non_blocking_copies="):
+        assert part in line, line
+    if not torch.cuda.is_available():
+        assert line.startswith("device: CPU") and "precision=32-true" in line
+        trainer = make_trainer(cfg, None, logger=False, checkpoint=False, enable_progress_bar=False)
+        assert trainer.precision == "32-true"
