@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import os
-import shlex
 import signal
 import sys
 import traceback
@@ -22,6 +21,7 @@ from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune import cluster, prepare
 from segtune.assets import build_assets
 from segtune.interrupts import Interrupts
+from segtune.settings import SETTINGS_FILE, SPACE_FILE, given_flags, resume_command, settings_for
 from segtune.spaces import list_spaces, load_space
 from segtune.storage import Storage
 
@@ -40,8 +40,6 @@ class _NoTunerRestoreHint(logging.Filter):
 
 logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())
 
-SETTINGS_FILE = "sweep.json"  # the flags a sweep started with; --resume reads them back
-SPACE_FILE = "space.yaml"  # the space as the sweep started with it (--set values fixed in)
 # Trials get data and weights from the driver through the object store: they must not reach the Hugging Face hub
 # or read its cache (which a node without a shared filesystem would not have). Enforced, so a slip fails loudly.
 TRIAL_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent/segsweep-trials-get-weights-from-the-driver"}
@@ -88,49 +86,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Flags a resumed sweep may change: how to reach Ray and what to print. The rest comes from sweep.json.
-RESUME_MAY_CHANGE = {"resume", "address", "verbose", "dry_run", "dashboard", "storage_path", "name", "no_final_test"}
-
-
-def given_flags(argv: Optional[Sequence[str]]) -> set[str]:
-    """The destinations of the flags given on the command line (not left at their defaults)."""
-    parser = build_parser()
-    for action in parser._actions:  # argparse's documented trick for telling given flags from defaults
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
-
-
-def settings_for(args: argparse.Namespace, experiment_dir: Path, given: set[str]) -> argparse.Namespace:
-    """A resumed sweep keeps the flags it started with; only how to reach Ray and how to print may change. A flag
-    given again with another value is refused rather than silently ignored."""
-    saved_file = experiment_dir / SETTINGS_FILE
-    if not args.resume:
-        return args
-    if not saved_file.is_file():
-        raise UserError(f"--resume: {experiment_dir} holds no sweep started by tune_main.py ({SETTINGS_FILE} "
-                        "missing); check --storage-path and --name")
-    try:
-        saved = json.loads(saved_file.read_text())
-    except ValueError as err:
-        raise UserError(f"--resume: {saved_file} is not valid JSON ({err})") from None
-    changed = [f"--{key.replace('_', '-')} {getattr(args, key)!r} (the sweep started with {saved.get(key)!r})"
-               for key in sorted(given - RESUME_MAY_CHANGE) if saved.get(key) != getattr(args, key)]
-    if changed:
-        raise UserError(f"--resume continues {experiment_dir} with the settings it started with ({saved_file}); "
-                        "these flags differ (drop them, or start a new sweep with another --name):", changed)
-    saved.update({key: getattr(args, key) for key in RESUME_MAY_CHANGE - {"storage_path", "name"}})
-    if (experiment_dir / SPACE_FILE).is_file():  # the space as it was, even if its file has changed since
-        saved.update(space=str(experiment_dir / SPACE_FILE), set=[])
-    return argparse.Namespace(**{**vars(args), **saved})
-
-
-def resume_command(args: argparse.Namespace, storage: Storage) -> str:
-    cmd = ["python", "tune_main.py", "--resume", "--storage-path", storage.ray_path, "--name", args.name]
-    if args.address:
-        cmd += ["--address", args.address]
-    return " ".join(shlex.quote(c) for c in cmd)
-
-
 def plan(args, space, base_notes: list[str], resources: str, experiment: str) -> str:
     searched = ", ".join(f"{k}~{kind}{vals}" for k, (kind, vals) in space.searched.items()) or "nothing"
     fixed = ", ".join(f"{k}={v}" for k, v in space.fixed.items()) or "none"
@@ -159,7 +114,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"report: {build_report(args.report.resolve())}")
         return 0
     with Interrupts() as interrupts:
-        return sweep(args, given_flags(argv), interrupts)
+        return sweep(args, given_flags(build_parser(), argv), interrupts)
 
 
 def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> int:
