@@ -8,7 +8,8 @@ downloaded here, so the benchmark first pretrains a resnet18 encoder on a second
 no image of the sweep's data is seen) with segcore.train and passes the state dict as encoder_weights. From
 scratch, the generated data's early epochs say little about the final ranking (see BENCHMARKS.md).
 
-    python bench/asha_vs_fifo.py [--num-samples 16] [--max-epochs 12] [--grace-period 1] [--reduction-factor 3]
+    python bench/asha_vs_fifo.py [--num-samples 16] [--max-epochs 27] [--grace-period 1] [--reduction-factor 3]
+                                 [--arch fpn|unet|any]
     python bench/asha_vs_fifo.py --quick      # 4 samples x 2 epochs, no pretraining: proves it runs
 """
 from __future__ import annotations
@@ -56,7 +57,8 @@ def sweep(scheduler: str, args, data: Path, storage: Path, weights: str) -> tupl
            "--scheduler", scheduler, "--grace-period", str(args.grace_period),
            "--reduction-factor", str(args.reduction_factor), "--storage-path", str(storage), "--name", scheduler,
            "--set", f"image_size={args.image_size}", "--set", "encoder=resnet18",
-           "--set", f"encoder_weights={weights}", "--set", f"val_fraction={args.val_fraction}"]
+           "--set", f"encoder_weights={weights}", "--set", f"val_fraction={args.val_fraction}",
+           *[x for kv in args.set for x in ("--set", kv)]]
     wall = run(cmd, f"the {scheduler} sweep")
     with open(storage / scheduler / "trials.csv") as f:
         return list(csv.DictReader(f)), wall
@@ -65,7 +67,7 @@ def sweep(scheduler: str, args, data: Path, storage: Path, weights: str) -> tupl
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--num-samples", type=int, default=16)
-    p.add_argument("--max-epochs", type=int, default=12)
+    p.add_argument("--max-epochs", type=int, default=27)
     p.add_argument("--grace-period", type=int, default=1)
     p.add_argument("--reduction-factor", type=int, default=3)
     p.add_argument("--image-size", type=int, default=64)
@@ -76,10 +78,17 @@ def main() -> None:
     p.add_argument("--pretrain-images", type=int, default=400)
     p.add_argument("--pretrain-epochs", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--arch", default="fpn",
+                   help="the smoke space's architecture: fpn, unet, or any (both: U-Nets start slower, see "
+                        "BENCHMARKS.md)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="also fix this config field in both sweeps (repeatable)")
     p.add_argument("--json")
     p.add_argument("--keep", type=Path, help="work in this (new) folder and keep it: data, weights, both sweeps")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
+    if args.arch != "any":
+        args.set = [f"arch={args.arch}", *args.set]
     if args.quick:
         args.num_samples, args.max_epochs, args.grace_period, args.reduction_factor = 4, 2, 1, 2
         args.num_images, args.pretrain_epochs, args.val_fraction = 48, 0, 0.2
@@ -93,7 +102,7 @@ def main() -> None:
         runs = {s: sweep(s, args, data, storage, weights) for s in ("asha", "fifo")}
     out = {k: getattr(args, k) for k in ("num_samples", "max_epochs", "grace_period", "reduction_factor",
                                          "image_size", "num_images", "val_fraction", "pretrain_images",
-                                         "pretrain_epochs")}
+                                         "pretrain_epochs", "set")}
     configs = {}
     for name, (rows, wall) in runs.items():
         params = sorted(tuple(sorted((k, v) for k, v in r.items() if k.startswith("param."))) for r in rows)
@@ -106,7 +115,8 @@ def main() -> None:
     out["best_diff"] = out["asha"]["best"] - out["fifo"]["best"]
     print(f"{args.num_samples} configs (same in both: {out['same_configs']}), up to {args.max_epochs} epochs each; "
           f"ASHA grace {args.grace_period}, reduction factor {args.reduction_factor}; encoder weights: "
-          f"{'pretrained on generated data' if args.pretrain_epochs else 'none'}")
+          f"{'pretrained on generated data' if args.pretrain_epochs else 'none'}"
+          + (f"; fixed: {', '.join(args.set)}" if args.set else ""))
     for name in ("asha", "fifo"):
         r = out[name]
         print(f"  {name:5s} epochs {r['epochs']:4d}  stopped early {r['stopped_early']:3d}  best {METRIC} "

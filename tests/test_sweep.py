@@ -54,6 +54,13 @@ def test_sweep_trials_csv_has_one_row_per_sample_and_early_stops(sweep):
         assert row["param.lr"] and row["param.freeze"] in ("none", "head", "decoder")
 
 
+def test_trials_reuse_worker_processes_instead_of_importing_torch_again(sweep):
+    experiment, _ = sweep
+    pids = {json.loads(line)["pid"] for path in experiment.glob("trial_*/result.json")
+            for line in path.read_text().splitlines()}
+    assert 1 <= len(pids) <= 2, pids  # 6 trials, 2 at a time (2 CPUs): two worker processes serve them all
+
+
 def test_sweep_prints_summary(sweep):
     experiment, proc = sweep
     out = proc.stdout
