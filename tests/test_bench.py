@@ -1,0 +1,67 @@
+"""Every bench/ script runs end to end on tiny sizes (--quick) and writes consistent figures.
+
+Speed itself is never asserted here: the figures are measured by hand and recorded in BENCHMARKS.md."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import REPO, run_cli
+
+RATE_KEYS = ("steady_img_s_core", "amortised_img_s_core")
+BUILD_KEYS = ("build_seconds", "build_images", "build_threads", "build_img_s_core")
+
+
+def run_quick(script: str, tmp_path, env: dict | None = None, timeout: float = 300) -> tuple[str, dict]:
+    """Run a bench script with --quick; its stdout and the figures it wrote to --json."""
+    out = tmp_path / "figures.json"
+    proc = run_cli(script, "--quick", "--json", str(out), cwd=REPO, env=env, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_quick_data_throughput_runs_and_writes_json(tmp_path):
+    cache = tmp_path / "cache"
+    stdout, figures = run_quick("bench/data_throughput.py", tmp_path, env={"SEGCORE_CACHE_DIR": str(cache)})
+    assert "segcore / per-item" in stdout and "images / s / core" in stdout
+
+    assert figures["config"]["quick"] is True and figures["config"]["cores"] >= 1
+    assert figures["runs"], "no run recorded"
+    for run in figures["runs"]:
+        assert run["workers"] >= 0
+        for key in RATE_KEYS + ("images_per_epoch",):
+            assert run["per_item"][key] > 0, key
+            assert run["segcore"][key] > 0, key
+        for key in BUILD_KEYS:
+            assert run["segcore"][key] > 0, key
+        assert all(t > 0 for t in run["per_item"]["epoch_seconds"] + run["segcore"]["epoch_seconds"])
+        assert run["ratio_steady"] > 0 and run["ratio_amortised"] > 0
+    # the fresh per-run cache folder is removed again: nothing left behind in the user's cache location
+    assert not any(cache.glob("bench-cache-*"))
+
+
+@pytest.mark.slow
+def test_quick_sweep_efficiency_runs_and_writes_json(tmp_path):
+    stdout, fig = run_quick("bench/sweep_efficiency.py", tmp_path)
+    assert "wall / floor =" in stdout
+    assert (fig["configs"], fig["epochs"], fig["image_size"]) == (4, 1, 64)
+    assert fig["bare_total_s"] > 0 and fig["floor_s"] == pytest.approx(fig["bare_total_s"] / fig["cores"], abs=0.01)
+    assert fig["wall_over_floor"] == pytest.approx(fig["wall_s"] / fig["floor_s"], rel=0.01)  # both rounded
+    # start-up and tail lie inside the sweep's wall time: the trial spans were read from the real result.json files
+    assert 0 < fig["startup_s"] and 0 <= fig["tail_s"] and fig["startup_s"] + fig["tail_s"] < fig["wall_s"]
+    assert fig["trials_total_s"] > 0
+
+
+@pytest.mark.slow
+def test_quick_asha_vs_fifo_runs_the_same_configs_under_both(tmp_path):
+    stdout, fig = run_quick("bench/asha_vs_fifo.py", tmp_path, timeout=400)
+    assert "epochs ASHA / FIFO =" in stdout
+    assert fig["same_configs"] is True
+    n, max_epochs = fig["num_samples"], fig["max_epochs"]
+    assert fig["fifo"]["epochs"] == n * max_epochs and fig["fifo"]["stopped_early"] == 0  # FIFO runs every epoch
+    assert n * fig["grace_period"] <= fig["asha"]["epochs"] <= n * max_epochs
+    assert fig["epoch_ratio"] == pytest.approx(fig["asha"]["epochs"] / fig["fifo"]["epochs"])
+    assert fig["best_diff"] == pytest.approx(fig["asha"]["best"] - fig["fifo"]["best"])
+    assert 0 <= fig["asha"]["best"] <= 1 and 0 <= fig["fifo"]["best"] <= 1
