@@ -21,9 +21,9 @@ from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune import cluster, prepare
 from segtune.assets import build_assets
 from segtune.interrupts import Interrupts
-from segtune.settings import SETTINGS_FILE, SPACE_FILE, given_flags, resume_command, settings_for
+from segtune.settings import SPACE_FILE, given_flags, resume_command, save_settings, settings_for
 from segtune.spaces import list_spaces, load_space
-from segtune.storage import Storage
+from segtune.storage import Storage, write_text_atomic
 
 # Each epoch's checkpoint forces an experiment snapshot: that is what makes --resume lose nothing, not a problem.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -154,7 +154,7 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
     storage.local.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         space.save(storage.local / SPACE_FILE)
-        (storage.local / SETTINGS_FILE).write_text(json.dumps(vars(args), indent=2))
+        save_settings(args, storage.local)
 
     import ray
     from ray import tune
@@ -220,7 +220,7 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
     if not args.no_final_test and interrupts.received is None and summary.get("best_checkpoint"):
         print("final test: the best checkpoint on the test split ...", flush=True)
         summary["final_test"] = final_test(results, tests, summary, args, storage)
-        (storage.local / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+        write_text_atomic(storage.local / "summary.json", json.dumps(summary, indent=2, default=str))
     write_report(storage.local)
     storage.upload()
     print(format_summary(summary), flush=True)

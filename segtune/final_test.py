@@ -12,6 +12,7 @@ from typing import Any
 
 from segcore.decoded import DecodedSplit
 from segcore.metrics_names import EVAL_METRICS, stage_metric
+from segtune.storage import write_text_atomic
 
 TEST_METRICS_FILE = "test_metrics.json"
 CHECKPOINT_FILE = "checkpoint.ckpt"  # as segtune.trial writes it
@@ -52,7 +53,7 @@ def run_final_test(checkpoint, tests: dict[int, DecodedSplit], image_size: int, 
 
     metrics = ray.get(task.remote(checkpoint, [ray.put(tests[image_size])]))
     metrics = {"checkpoint": checkpoint_location(checkpoint, CHECKPOINT_FILE), "trial_id": trial_id, **metrics}
-    (experiment_dir / TEST_METRICS_FILE).write_text(json.dumps(metrics, indent=2))
+    write_text_atomic(experiment_dir / TEST_METRICS_FILE, json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -1,6 +1,6 @@
 """The sweep report: ``report.md`` and its PNGs in the experiment folder, built from the files a sweep leaves.
 
-It reads only what is on disk (each trial's ``result.json`` and ``params.json``, ``sweep.json``, ``space.yaml``,
+It reads only what is on disk (each trial's ``result.json`` and ``params.json``, ``sweep.yaml``, ``space.yaml``,
 ``test_metrics.json``), so it can be rebuilt at any time, also from an interrupted or killed sweep:
 ``python tune_main.py --report DIR``. What it shows:
 
@@ -21,6 +21,7 @@ from segcore.errors import UserError
 from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC
 from segtune.results import COMPLETED, ERRORED, STATUSES, STOPPED, UNFINISHED, finite
 from segtune.results import DIVERGED as DIVERGED_STATUS
+from segtune.settings import read_settings
 
 REPORT_FILE = "report.md"
 CURVES_PNG, BEST_SO_FAR_PNG = "report_val_iou.png", "report_best_so_far.png"
@@ -82,10 +83,7 @@ class Experiment:
 def read_experiment(path: Path) -> Experiment:
     if not path.is_dir():
         raise UserError(f"--report {path}: not found (give the experiment folder, <storage-path>/<name>)")
-    settings_file = path / "sweep.json"
-    if not settings_file.is_file():
-        raise UserError(f"--report {path}: not a sweep experiment (no sweep.json)")
-    experiment = Experiment(path, json.loads(settings_file.read_text()))
+    experiment = Experiment(path, read_settings(path, f"--report {path}")[1])
     for trial_dir in sorted(p for p in path.glob("trial_*") if p.is_dir()):
         result_file, params_file = trial_dir / "result.json", trial_dir / "params.json"
         rows = []

@@ -13,6 +13,7 @@ import yaml
 from segcore.metrics_names import DIVERGED as DIVERGED_KEY
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune.spaces import to_config_values
+from segtune.storage import write_text_atomic
 
 COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED = "completed", "stopped early", "diverged", "errored", "unfinished"
 STATUSES = (COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED)
@@ -155,7 +156,7 @@ def summarise(result_grid, searched_keys: list[str], base: dict[str, Any], max_e
     best = best_trial(result_grid)
     if best is not None:
         summary.update(write_best(best, base, experiment_dir))
-    (experiment_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    write_text_atomic(experiment_dir / "summary.json", json.dumps(summary, indent=2, default=str))
     return summary
 
 

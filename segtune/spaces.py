@@ -24,6 +24,7 @@ import yaml
 
 from segcore.config import TrainConfig, read_mapping
 from segcore.errors import UserError
+from segtune.storage import write_text_atomic
 
 SPACES_DIR = Path(__file__).resolve().parent.parent / "search_spaces"
 DISTRIBUTIONS = ("loguniform", "uniform", "int", "choice", "grid")
@@ -70,8 +71,8 @@ class Space:
         it in its folder, so resuming or reporting never depends on a space file that may have changed since."""
         body: dict[str, Any] = dict(self.fixed)
         body.update({key: {kind: list(args)} for key, (kind, args) in self.searched.items()})
-        path.write_text(f"# {self.description} (space '{self.name}' as the sweep started with it)\n"
-                        + yaml.safe_dump(body, sort_keys=False))
+        write_text_atomic(path, f"# {self.description} (space '{self.name}' as the sweep started with it)\n"
+                          + yaml.safe_dump(body, sort_keys=False))
 
     def to_tune(self) -> dict[str, Any]:
         """Ray Tune's param_space: OptunaSearch converts these domains into Optuna distributions."""

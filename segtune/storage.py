@@ -1,7 +1,7 @@
 """Where a sweep keeps its results: a local or shared folder, or a cloud URI (s3://, gs://, ...).
 
 Ray writes trials and checkpoints straight to the storage path. The driver's own files (trials.csv, optuna.db,
-best_config.yaml, summary.json, sweep.json) live in a local folder: SQLite needs a real filesystem. With a URI
+best_config.yaml, summary.json, sweep.yaml) live in a local folder: SQLite needs a real filesystem. With a URI
 that folder is ``./results/<name>`` and its files are uploaded next to Ray's at the end of the sweep.
 """
 from __future__ import annotations
@@ -13,12 +13,20 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from segcore.errors import UserError
 from segtune.cluster import is_uri, redact
 
-DRIVER_FILES = ("trials.csv", "best_config.yaml", "summary.json", "sweep.json", "optuna.db", "space.yaml",
+DRIVER_FILES = ("trials.csv", "best_config.yaml", "summary.json", "sweep.yaml", "optuna.db", "space.yaml",
                 "test_metrics.json", "report.md")
 # Query options of pyarrow's filesystems that carry secrets. A URI holding one would reach Ray's logs and its
 # pickled experiment state, so it is refused: credentials come from the environment or an instance role.
 SECRET_QUERY_KEYS = {"access_key", "secret_key", "session_token", "access_token", "account_key", "sas_token",
                      "password", "token"}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a whole file or none of it: a signal or a lost machine mid-write leaves the old file (or no file), never a
+    truncated one that --resume or --report would then choke on."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def check_uri(uri: str) -> None:

@@ -36,7 +36,7 @@ def storage(tmp_path) -> Path:
     root = tmp_path / "results"
     earlier = root / OTHER
     (earlier / "trial_0001").mkdir(parents=True)
-    (earlier / "sweep.json").write_text(json.dumps({"space": "smoke", "num_samples": 4, "max_epochs": 2}))
+    (earlier / "sweep.yaml").write_text(yaml.safe_dump({"space": "smoke", "num_samples": 4, "max_epochs": 2}))
     (earlier / "trials.csv").write_text("trial_id,status\n0001,completed\n")
     (earlier / "optuna.db").write_bytes(b"SQLite format 3\0 pretend")
     (earlier / "trial_0001" / "result.json").write_text('{"epoch": 1, "val/iou": 0.5}\n')
@@ -77,11 +77,26 @@ def existing_name(ctx):
 
 
 def resume_unknown(ctx):
-    return ["--resume", "--name", "never-started"], ["--resume", "never-started", "sweep.json missing"]
+    return ["--resume", "--name", "never-started"], ["--resume", "never-started", "no sweep.yaml"]
 
 
 def resume_other_flags(ctx):
     return ["--resume", "--name", OTHER, "--num-samples", "9"], ["--num-samples 9", "the sweep started with 4"]
+
+
+def resume_legacy_other_flags(ctx):
+    """A sweep from before sweep.yaml: its sweep.json is still read."""
+    older = ctx["tmp"] / "results" / "older"
+    older.mkdir()
+    (older / "sweep.json").write_text(json.dumps({"space": "smoke", "num_samples": 4, "max_epochs": 2}))
+    return ["--resume", "--name", "older", "--max-epochs", "5"], ["--max-epochs 5", "the sweep started with 2"]
+
+
+def resume_damaged_settings(ctx):
+    damaged = ctx["tmp"] / "results" / "damaged"
+    damaged.mkdir()
+    (damaged / "sweep.yaml").write_text("space: smoke\nnum_samples: [4\n")  # cut off mid-write
+    return ["--resume", "--name", "damaged"], ["--resume", str(damaged / "sweep.yaml"), "not valid YAML"]
 
 
 def not_a_dataset(ctx):
@@ -122,7 +137,9 @@ CASES = {
     "existing-experiment-without-resume": existing_name,
     "resume-of-nothing": resume_unknown,
     "resume-with-other-flags": resume_other_flags,
-    "report-of-no-experiment": lambda ctx: (["--report", str(ctx["tmp"])], ["--report", "no sweep.json"]),
+    "resume-legacy-with-other-flags": resume_legacy_other_flags,
+    "resume-damaged-settings": resume_damaged_settings,
+    "report-of-no-experiment": lambda ctx: (["--report", str(ctx["tmp"])], ["--report", "no sweep.yaml"]),
 }
 
 
