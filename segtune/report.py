@@ -18,9 +18,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from segcore.errors import UserError
-from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC
-from segtune.results import COMPLETED, ERRORED, STATUSES, STOPPED, UNFINISHED, finite
-from segtune.results import DIVERGED as DIVERGED_STATUS
+from segcore.metrics_names import EPOCH, SWEEP_METRIC
+from segtune.results import STATUSES, STOPPED, finite, trial_status
 from segtune.settings import read_settings
 
 REPORT_FILE = "report.md"
@@ -97,22 +96,12 @@ def read_experiment(path: Path) -> Experiment:
         experiment.trials.append(TrialRecord(trial_dir.name.removeprefix("trial_"), trial_dir, config, rows))
     for number, trial in enumerate(sorted(experiment.trials, key=lambda t: (t.start, t.trial_id)), start=1):
         trial.number = number
-        trial.status = status_of(trial, experiment.max_epochs)
+        last = trial.rows[-1] if trial.rows else {}
+        # error.txt: the trial raised at some point (Ray keeps it after a retry that went on to finish)
+        trial.status = trial_status(last, experiment.max_epochs, errored=(trial.path / "error.txt").is_file(),
+                                    ended=bool(last.get("done")))
     experiment.trials.sort(key=lambda t: t.number)
     return experiment
-
-
-def status_of(trial: TrialRecord, max_epochs: int) -> str:
-    last = trial.rows[-1] if trial.rows else {}
-    if last.get(DIVERGED):
-        return DIVERGED_STATUS
-    if trial.epochs and trial.epochs[-1] >= max_epochs:
-        return COMPLETED
-    if last.get("done"):
-        return STOPPED
-    if (trial.path / "error.txt").is_file():
-        return ERRORED
-    return UNFINISHED
 
 
 # ----- plots ------------------------------------------------------------------------------------------------------

@@ -59,6 +59,23 @@ def finite(value: Any) -> Optional[float]:
     return value if math.isfinite(value) else None
 
 
+def trial_status(last: dict[str, Any], max_epochs: int, errored: bool, ended: bool) -> str:
+    """A trial's outcome from its last result: the one rule behind trials.csv, report.md and the live status line.
+    ``errored``: it raised (and is not being retried); ``ended``: it ended without error (a scheduler's stop).
+
+    Reaching ``max_epochs`` counts as completed even with an error: every epoch's result is there (and a retried
+    trial that went on to finish keeps its first attempt's error.txt)."""
+    if last.get(DIVERGED_KEY):
+        return DIVERGED
+    if int(last.get(EPOCH) or 0) >= max_epochs:
+        return COMPLETED
+    if ended:
+        return STOPPED
+    if errored:
+        return ERRORED
+    return UNFINISHED  # still running, or never started, when the sweep was interrupted
+
+
 def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[TrialRow]:
     rows = []
     for result in result_grid:
@@ -67,16 +84,8 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
         history = [] if df is None or SWEEP_METRIC not in df else [finite(v) for v in df[SWEEP_METRIC]]
         history = [v for v in history if v is not None]
         epochs = int(metrics.get(EPOCH) or 0)
-        if result.error is not None:
-            status = ERRORED
-        elif metrics.get(DIVERGED_KEY):
-            status = DIVERGED
-        elif epochs >= max_epochs:
-            status = COMPLETED
-        elif metrics.get("done"):  # Tune marks the last result of a trial the scheduler stopped
-            status = STOPPED
-        else:  # still running or never started when the sweep was interrupted
-            status = UNFINISHED
+        # Tune marks the last result of a trial the scheduler stopped "done"
+        status = trial_status(metrics, max_epochs, errored=result.error is not None, ended=bool(metrics.get("done")))
         error = "" if result.error is None else (str(result.error).strip().splitlines() or [""])[-1][:300]
         rows.append(TrialRow(
             trial_id=metrics.get("trial_id") or Path(result.path).name, status=status,

@@ -2,14 +2,15 @@
 own: what they need of this process (its ``Interrupts``) they read from ``segtune.interrupts.ACTIVE``."""
 from __future__ import annotations
 
-import math
 import signal
 import time
 from typing import Optional
 
 from ray import tune
 
+from segcore.metrics_names import SWEEP_METRIC
 from segtune import interrupts
+from segtune.results import STATUSES, UNFINISHED, finite, trial_status
 
 
 class StopWhenSaved(tune.Callback):
@@ -52,26 +53,18 @@ class Progress(tune.Callback):
         self._total = total_num_samples
 
     def status(self, trials: list) -> str:
-        from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC
-
-        counts = {"running": 0, "pending": 0, "completed": 0, "stopped early": 0, "diverged": 0, "errored": 0}
+        counts = {"running": 0, "pending": 0, **{s: 0 for s in STATUSES if s != UNFINISHED}}
         best = None
         for trial in trials:
-            last = trial.last_result or {}
             if trial.status == "RUNNING":
                 counts["running"] += 1
             elif trial.status in ("PENDING", "PAUSED"):
                 counts["pending"] += 1
-            elif trial.status == "ERROR":
-                counts["errored"] += 1
-            elif last.get(DIVERGED):
-                counts["diverged"] += 1
-            elif int(last.get(EPOCH) or 0) >= self.max_epochs:
-                counts["completed"] += 1
-            else:
-                counts["stopped early"] += 1
-            value = (getattr(trial, "metric_analysis", {}) or {}).get(SWEEP_METRIC, {}).get("max")
-            if isinstance(value, (int, float)) and math.isfinite(value):
+            else:  # TERMINATED or ERROR
+                counts[trial_status(trial.last_result or {}, self.max_epochs, errored=trial.status == "ERROR",
+                                    ended=trial.status == "TERMINATED")] += 1
+            value = finite(((getattr(trial, "metric_analysis", {}) or {}).get(SWEEP_METRIC) or {}).get("max"))
+            if value is not None:
                 best = value if best is None else max(best, value)
         total = f"/{self._total}" if self._total else ""
         parts = [f"{len(trials)}{total} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)]

@@ -1,7 +1,10 @@
-"""The end-of-sweep summary: counts of every outcome, and how to continue an interrupted sweep (only then)."""
+"""The end-of-sweep summary: counts of every outcome, how to continue an interrupted sweep (only then), and the
+one rule that names each trial's outcome."""
 from __future__ import annotations
 
-from segtune.results import COMPLETED, DIVERGED, ERRORED, STOPPED, UNFINISHED, format_summary
+import pytest
+
+from segtune.results import COMPLETED, DIVERGED, ERRORED, STOPPED, UNFINISHED, format_summary, trial_status
 
 RESUME = "python tune_main.py --resume --storage-path /runs/results --name pets"
 
@@ -23,3 +26,16 @@ def test_finished_sweep_summary_counts_every_outcome_and_has_no_resume_hint():
     assert text.startswith("Sweep finished: 5 trials: 2 completed, 1 stopped early, 1 diverged, 1 errored")
     assert "--resume" not in text and "unfinished" not in text
     assert "tensorboard --logdir /runs/results/pets" in text
+
+
+@pytest.mark.parametrize("last, errored, ended, expected", [
+    ({"epoch": 3}, False, False, COMPLETED),
+    ({"epoch": 3}, True, False, COMPLETED),  # every epoch reported (a retried trial keeps its error.txt)
+    ({"epoch": 1, "done": True}, False, True, STOPPED),
+    ({"epoch": 1, "diverged": 1}, False, False, DIVERGED),
+    ({"epoch": 1}, True, False, ERRORED),
+    ({"epoch": 1}, False, False, UNFINISHED),
+    ({}, False, False, UNFINISHED),  # never reported: interrupted before its first epoch
+])
+def test_one_rule_names_each_trials_outcome(last, errored, ended, expected):
+    assert trial_status(last, max_epochs=3, errored=errored, ended=ended) == expected
