@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import signal
@@ -21,9 +20,9 @@ from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune import cluster, prepare
 from segtune.assets import build_assets
 from segtune.interrupts import Interrupts
-from segtune.settings import SPACE_FILE, given_flags, resume_command, save_settings, settings_for
+from segtune.settings import given_flags, resume_command, save_settings, settings_for
 from segtune.spaces import list_spaces, load_space
-from segtune.storage import Storage, write_text_atomic
+from segtune.storage import SPACE_FILE, Storage
 
 # Each epoch's checkpoint forces an experiment snapshot: that is what makes --resume lose nothing, not a problem.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -161,7 +160,7 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from segtune import tune_callbacks
-    from segtune.results import format_summary, summarise
+    from segtune.results import format_summary, summarise, write_summary
     from segtune.search import build_search, fail_running
     from segtune.trial import train_trial
 
@@ -220,7 +219,7 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
     if not args.no_final_test and interrupts.received is None and summary.get("best_checkpoint"):
         print("final test: the best checkpoint on the test split ...", flush=True)
         summary["final_test"] = final_test(results, tests, summary, args, storage)
-        write_text_atomic(storage.local / "summary.json", json.dumps(summary, indent=2, default=str))
+        write_summary(summary, storage.local)  # again, with the final test's figures
     write_report(storage.local)
     storage.upload()
     print(format_summary(summary), flush=True)

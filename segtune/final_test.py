@@ -12,10 +12,7 @@ from typing import Any
 
 from segcore.decoded import DecodedSplit
 from segcore.metrics_names import EVAL_METRICS, stage_metric
-from segtune.storage import write_text_atomic
-
-TEST_METRICS_FILE = "test_metrics.json"
-CHECKPOINT_FILE = "checkpoint.ckpt"  # as segtune.trial writes it
+from segtune.storage import CHECKPOINT_FILE, TEST_METRICS_FILE, write_text_atomic
 
 
 def evaluate(checkpoint_file: str, test: DecodedSplit, devices: int = 1) -> dict[str, Any]:

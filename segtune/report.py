@@ -21,12 +21,11 @@ from segcore.errors import UserError
 from segcore.metrics_names import EPOCH, SWEEP_METRIC
 from segtune.results import STATUSES, STOPPED, finite, trial_status
 from segtune.settings import read_settings
+from segtune.storage import CHECKPOINT_FILE, REPORT_FILE, SPACE_FILE, TEST_METRICS_FILE
 
-REPORT_FILE = "report.md"
+# all match storage.REPORT_PLOTS, so a sweep stored at a URI uploads them with report.md
 CURVES_PNG, BEST_SO_FAR_PNG = "report_val_iou.png", "report_best_so_far.png"
 IMPORTANCES_PNG, PREDICTIONS_PNG = "report_importances.png", "report_predictions.png"
-TEST_METRICS_FILE = "test_metrics.json"
-CHECKPOINT_FILE = "checkpoint.ckpt"  # as segtune.trial writes it
 SAMPLES_SHOWN = 6
 
 
@@ -192,7 +191,7 @@ def searched_distributions(experiment: Experiment) -> tuple[list[str], dict[str,
     for an experiment without one, from the values its trials took."""
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
-    space_file = experiment.path / "space.yaml"
+    space_file = experiment.path / SPACE_FILE
     if space_file.is_file():
         from ray.tune.search.optuna import OptunaSearch
 

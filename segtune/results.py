@@ -13,7 +13,14 @@ import yaml
 from segcore.metrics_names import DIVERGED as DIVERGED_KEY
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune.spaces import to_config_values
-from segtune.storage import write_text_atomic
+from segtune.storage import (
+    BEST_CONFIG_FILE,
+    CHECKPOINT_FILE,
+    SUMMARY_FILE,
+    TEST_METRICS_FILE,
+    TRIALS_CSV,
+    write_text_atomic,
+)
 
 COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED = "completed", "stopped early", "diverged", "errored", "unfinished"
 STATUSES = (COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED)
@@ -140,10 +147,10 @@ def checkpoint_location(checkpoint, filename: str) -> str:
 
 def write_best(best, base: dict[str, Any], experiment_dir: Path) -> dict[str, Any]:
     """``best_config.yaml`` (for ``python -m segcore.train --config``) and the best checkpoint's path."""
-    from segtune.trial import CHECKPOINT_FILE, trial_config
+    from segtune.trial import trial_config
 
     cfg = trial_config(best.config, base)
-    cfg.save(experiment_dir / "best_config.yaml")
+    cfg.save(experiment_dir / BEST_CONFIG_FILE)
     df = best.metrics_dataframe
     value = float(df[SWEEP_METRIC].max()) if df is not None and SWEEP_METRIC in df else None
     checkpoint = best_checkpoint(best)
@@ -157,7 +164,7 @@ def summarise(result_grid, searched_keys: list[str], base: dict[str, Any], max_e
     """Write trials.csv, best_config.yaml and summary.json; ``interrupted``: the sweep was stopped by a signal and
     ``resume_command`` continues it."""
     rows = trial_rows(result_grid, searched_keys, max_epochs)
-    write_trials_csv(rows, searched_keys, experiment_dir / "trials.csv")
+    write_trials_csv(rows, searched_keys, experiment_dir / TRIALS_CSV)
     counts = {s: sum(r.status == s for r in rows) for s in STATUSES}
     summary: dict[str, Any] = {"experiment": str(experiment_dir), "trials": len(rows), "counts": counts,
                                "metric": SWEEP_METRIC, "mode": SWEEP_MODE, "interrupted": interrupted,
@@ -165,8 +172,12 @@ def summarise(result_grid, searched_keys: list[str], base: dict[str, Any], max_e
     best = best_trial(result_grid)
     if best is not None:
         summary.update(write_best(best, base, experiment_dir))
-    write_text_atomic(experiment_dir / "summary.json", json.dumps(summary, indent=2, default=str))
+    write_summary(summary, experiment_dir)
     return summary
+
+
+def write_summary(summary: dict[str, Any], experiment_dir: Path) -> None:
+    write_text_atomic(experiment_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -187,7 +198,7 @@ def format_summary(summary: dict[str, Any]) -> str:
     if summary.get("final_test"):
         from segtune.final_test import format_test
 
-        lines.append(f"{format_test(summary['final_test'])} -> {Path(summary['experiment']) / 'test_metrics.json'}")
+        lines.append(f"{format_test(summary['final_test'])} -> {Path(summary['experiment']) / TEST_METRICS_FILE}")
     if (c[UNFINISHED] or summary.get("interrupted")) and summary.get("resume_command"):
         lines.append(f"Interrupted, state saved: continue with  {summary['resume_command']}")
     lines.append(f"Compare trials: tensorboard --logdir {summary['experiment']}")

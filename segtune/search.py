@@ -9,7 +9,7 @@ import optuna
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
-OPTUNA_DB = "optuna.db"
+from segtune.storage import OPTUNA_DB
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):

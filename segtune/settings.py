@@ -11,11 +11,9 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from segcore.errors import UserError
-from segtune.storage import Storage, write_text_atomic
+from segtune.storage import SETTINGS_FILE, SPACE_FILE, Storage, write_text_atomic
 
-SETTINGS_FILE = "sweep.yaml"  # the flags a sweep started with; --resume and --report read them back
 LEGACY_SETTINGS_FILE = "sweep.json"  # what earlier versions wrote: still read
-SPACE_FILE = "space.yaml"  # the space as the sweep started with it (--set values fixed in)
 
 # Flags a resumed sweep may change: how to reach Ray and what to print. The rest comes from sweep.yaml.
 RESUME_MAY_CHANGE = {"resume", "address", "verbose", "dry_run", "dashboard", "storage_path", "name", "no_final_test"}

@@ -13,8 +13,20 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 from segcore.errors import UserError
 from segtune.cluster import is_uri, redact
 
-DRIVER_FILES = ("trials.csv", "best_config.yaml", "summary.json", "sweep.yaml", "optuna.db", "space.yaml",
-                "test_metrics.json", "report.md")
+# The files of an experiment folder, named here once. The driver writes these (uploaded next to Ray's with a URI):
+TRIALS_CSV = "trials.csv"
+BEST_CONFIG_FILE = "best_config.yaml"
+SUMMARY_FILE = "summary.json"
+SETTINGS_FILE = "sweep.yaml"  # the flags a sweep started with; --resume and --report read them back
+SPACE_FILE = "space.yaml"  # the space as the sweep started with it (--set values fixed in)
+OPTUNA_DB = "optuna.db"
+TEST_METRICS_FILE = "test_metrics.json"
+REPORT_FILE = "report.md"
+REPORT_PLOTS = "report_*.png"
+DRIVER_FILES = (TRIALS_CSV, BEST_CONFIG_FILE, SUMMARY_FILE, SETTINGS_FILE, SPACE_FILE, OPTUNA_DB, TEST_METRICS_FILE,
+                REPORT_FILE)
+# and the trials write this into each of their checkpoint folders
+CHECKPOINT_FILE = "checkpoint.ckpt"
 # Query options of pyarrow's filesystems that carry secrets. A URI holding one would reach Ray's logs and its
 # pickled experiment state, so it is refused: credentials come from the environment or an instance role.
 SECRET_QUERY_KEYS = {"access_key", "secret_key", "session_token", "access_token", "account_key", "sas_token",
@@ -93,6 +105,7 @@ class Storage:
             return
         import pyarrow.fs
 
-        for name in DRIVER_FILES:
-            if (self.local / name).is_file():
-                pyarrow.fs.copy_files(str(self.local / name), self.uri_of(name))
+        files = [self.local / name for name in DRIVER_FILES] + sorted(self.local.glob(REPORT_PLOTS))
+        for path in files:
+            if path.is_file():
+                pyarrow.fs.copy_files(str(path), self.uri_of(path.name))

@@ -23,8 +23,7 @@ from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segcore.model import DivergedError
 from segcore.train import build_module, describe_device, make_trainer, quiet_lightning
 from segtune.spaces import to_config_values
-
-CHECKPOINT_FILE = "checkpoint.ckpt"
+from segtune.storage import CHECKPOINT_FILE
 
 
 def trial_config(params: dict[str, Any], base: dict[str, Any]) -> TrainConfig:

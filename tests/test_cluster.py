@@ -158,6 +158,25 @@ def test_storage_uris_never_show_credentials():
     assert storage.shown.startswith("s3://bucket/sweeps/x?*** ") and "minio" not in storage.shown
 
 
+def test_uri_storage_uploads_the_driver_files_and_the_report_plots(tmp_path, monkeypatch):
+    """No bucket here: pyarrow's copy is recorded instead of run. Everything the driver wrote goes next to Ray's
+    files (report.md with its plots), nothing else from the folder."""
+    import pyarrow.fs
+
+    from segtune.storage import Storage
+
+    monkeypatch.chdir(tmp_path)  # a URI sweep keeps its driver files in ./results/<name>
+    storage = Storage("s3://bucket/sweeps?region=eu-west-1", "x")
+    storage.local.mkdir(parents=True)
+    written = ["trials.csv", "summary.json", "sweep.yaml", "report.md", "report_val_iou.png", "report_predictions.png"]
+    for name in written + ["notes.txt"]:
+        (storage.local / name).write_text(name)
+    copied = []
+    monkeypatch.setattr(pyarrow.fs, "copy_files", lambda src, dst: copied.append((Path(src).name, dst)))
+    storage.upload()
+    assert sorted(copied) == sorted((n, f"s3://bucket/sweeps/x/{n}?region=eu-west-1") for n in written)
+
+
 def test_asset_step_needs_no_network_when_assets_are_present(fake_hf_cache, pets_root, tmp_path):
     """Dataset present and weights cached: the driver's asset step runs with the hub offline and downloads nothing."""
     hf_home, _ = fake_hf_cache
