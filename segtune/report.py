@@ -78,6 +78,16 @@ class Experiment:
         return trial, row
 
 
+def read_json(path: Path) -> Optional[dict[str, Any]]:
+    """A JSON object file, or None when it is missing or damaged (a killed driver or a lost machine cuts files
+    short; the report shows what is there)."""
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def read_experiment(path: Path) -> Experiment:
     if not path.is_dir():
         raise UserError(f"--report {path}: not found (give the experiment folder, <storage-path>/<name>)")
@@ -91,7 +101,7 @@ def read_experiment(path: Path) -> Experiment:
                     rows.append(json.loads(line))
                 except ValueError:  # a line cut short by a killed driver
                     continue
-        config = json.loads(params_file.read_text()) if params_file.is_file() else {}
+        config = read_json(params_file) or {}  # missing or cut short: the trial is shown, without its config
         experiment.trials.append(TrialRecord(trial_dir.name.removeprefix("trial_"), trial_dir, config, rows))
     for number, trial in enumerate(sorted(experiment.trials, key=lambda t: (t.start, t.trial_id)), start=1):
         trial.number = number
@@ -293,8 +303,10 @@ def build_report(path: Path) -> Path:
                   f"**{_fmt(finite(row.get(SWEEP_METRIC)))}**", ""]
         lines += [f"- {k}: `{v}`" for k, v in sorted(trial.config.items())] + [""]
     test_file = path / TEST_METRICS_FILE
-    if test_file.is_file():
-        test = json.loads(test_file.read_text())
+    test = read_json(test_file)
+    if test_file.is_file() and test is None:
+        lines += ["## Final test", "", f"Not shown: {TEST_METRICS_FILE} is not readable (cut short?).", ""]
+    elif test is not None:
         lines += ["## Final test", "", f"The best checkpoint on the test split ({test.get('images')} images):", "",
                   "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {_fmt(finite(v))} |" for k, v in test.items() if k.startswith("test/")] + [""]

@@ -267,3 +267,22 @@ def test_report_rebuilds_from_an_interrupted_experiment(sweep, tmp_path):
     assert rows[cut.parent.name.removeprefix("trial_")][2:4] == ["unfinished", "1"]
     assert "Final test" not in report and "no checkpoint of the best trial is left" in report
     assert_real_plot(copy / "report_val_iou.png")
+
+
+def test_report_shows_what_is_readable_when_files_are_cut_short(sweep, tmp_path):
+    """A killed driver or a lost machine can leave test_metrics.json or a trial's params.json cut short: --report
+    still writes the report, says what it could not read, and shows no traceback."""
+    import shutil
+
+    experiment, _ = sweep
+    copy = tmp_path / "e2e"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("checkpoint_*", "events.out.*", "report*"))
+    (copy / "test_metrics.json").write_text('{"images": 48, "test/iou": 0.5')
+    damaged = sorted(copy.glob("trial_*/params.json"))[0]
+    damaged.write_text('{"lr": 0.00')
+    proc = run_cli("tune_main.py", "--report", str(copy), timeout=300)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    report = (copy / "report.md").read_text()
+    assert "## Final test\n\nNot shown: test_metrics.json is not readable" in report
+    rows = {r[1] for r in table(report, f"{SWEEP_METRIC} per epoch")}
+    assert damaged.parent.name.removeprefix("trial_") in rows and len(rows) == NUM_SAMPLES  # still every trial
