@@ -17,15 +17,16 @@ from typing import Optional, Sequence
 
 from segcore.errors import UserError, cli_entry
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
-from segtune import cluster, prepare
+from segtune import cluster, prepare, saved_state
 from segtune.assets import build_assets
 from segtune.interrupts import Interrupts
 from segtune.settings import given_flags, resume_command, save_settings, settings_for
 from segtune.spaces import list_spaces, load_space
 from segtune.storage import SPACE_FILE, Storage
 
-# Each epoch's checkpoint forces an experiment snapshot: that is what makes --resume lose nothing, not a problem.
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+# Tune saves its state (and saved_state commits it with the results reported since) every this many seconds: a
+# result becomes visible, and survives a kill, within about that time. Tune's default adapts between 10 s and more.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 # SIGINT is ours (class Interrupts): it asks Tune to stop through SIGUSR1, as it does for SIGTERM.
 os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
 
@@ -38,6 +39,7 @@ class _NoTunerRestoreHint(logging.Filter):
 
 
 logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())
+logging.getLogger("ray.tune.execution.tune_controller").addFilter(saved_state.RefuseSilentRestart())
 
 # Trials get data and weights from the driver through the object store: they must not reach the Hugging Face hub
 # or read its cache (which a node without a shared filesystem would not have). Enforced, so a slip fails loudly.
@@ -126,6 +128,8 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
     if storage.local.exists() and not args.resume and any(storage.local.iterdir()):
         raise UserError(f"--name {args.name}: {storage.local} already holds an experiment; add --resume to "
                         "continue it or choose another --name (nothing is overwritten)")
+    # which saved state --resume continues from, found readable now rather than after the data is decoded
+    commit = saved_state.newest_readable(storage.ray_path_of_experiment) if args.resume else None
     space = load_space(args.space, prepare.parse_sets(args.set), args.search)
     data_dir = Path(args.data_dir).resolve()
     pending = prepare.ensure_dataset(data_dir, args.synthetic, args.download, dry_run=args.dry_run)
@@ -157,6 +161,7 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
 
     import ray
     from ray import tune
+    from ray.tune.logger import TBXLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from segtune import tune_callbacks
@@ -178,7 +183,16 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
     ray_verbosity = 2 if args.verbose else 0  # 0: our one-line status (tune_callbacks.Progress) instead
     # Tune's newer console output prints an experiment banner even at verbosity 0; its classic one is silent
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if args.verbose else "0"
-    if args.resume and tune.Tuner.can_restore(storage.ray_path_of_experiment):
+    saved_state.EXPERIMENT = storage.ray_path_of_experiment
+    # Each trial's result.json is written by saved_state.CommittedState (rows visible once committed), not by Tune's
+    # JSON and CSV loggers (TensorBoard's is added back); sweeps started before it keep Tune's loggers.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1" if args.state_format >= 1 else "0"
+    if commit is not None:
+        saved_state.restore(storage.ray_path_of_experiment, commit)
+    elif args.resume and args.state_format >= 1:  # killed before its first commit: nothing of it is kept
+        saved_state.start_anew(storage.ray_path_of_experiment)
+    if args.resume and (commit is not None or args.state_format == 0) \
+            and tune.Tuner.can_restore(storage.ray_path_of_experiment):
         # errored trials too: a trial killed with the job (preemption) errors, and continues from its checkpoint
         tuner = tune.Tuner.restore(storage.ray_path_of_experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
@@ -199,10 +213,12 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
                                         trial_dirname_creator=lambda trial: f"trial_{trial.trial_id}"),
             run_config=tune.RunConfig(
                 name=args.name, storage_path=storage.ray_path,
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=SWEEP_METRIC,
+                # every checkpoint kept by Tune: saved_state.CommittedState deletes those no commit needs
+                checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=SWEEP_METRIC,
                                                         checkpoint_score_order=SWEEP_MODE),
                 failure_config=tune.FailureConfig(max_failures=args.max_failures),
-                callbacks=[tune_callbacks.StopWhenSaved(), tune_callbacks.Progress(args.max_epochs)],
+                callbacks=[saved_state.CommittedState(), TBXLoggerCallback(), tune_callbacks.StopWhenSaved(),
+                           tune_callbacks.Progress(args.max_epochs)],
                 verbose=ray_verbosity),
         )
     resume = resume_command(args, storage)

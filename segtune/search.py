@@ -26,18 +26,25 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self.max_t = max_t
         self.time_attr = time_attr
         self._reported: dict[str, set[int]] = {}  # steps told to Optuna per trial (saved with the searcher)
-        self._orphans: list[optuna.trial.Trial] = []
+        self._orphans: Optional[list[optuna.trial.Trial]] = None  # found at the first suggest
 
     def restore(self, checkpoint_path: str) -> None:
-        """After a killed driver the study may hold proposals asked after the searcher's last saved state: give them
-        to the next trials instead of asking anew, so the study keeps one Optuna trial per Tune trial."""
         super().restore(checkpoint_path)
-        known = {t._trial_id for t in self._ot_trials.values()}
-        running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-        self._orphans = [optuna.trial.Trial(self._ot_study, t._trial_id) for t in running if t._trial_id not in known]
+        self._orphans = None  # the study may have moved on since this state was saved: look again
+
+    def _adopt_orphans(self) -> list[optuna.trial.Trial]:
+        """After a killed driver the study may hold proposals asked after the searcher's last saved state (or, for
+        a sweep killed before Tune saved anything, asked by a searcher that is gone): they go to the next trials
+        instead of asking anew, so the study keeps one Optuna trial per Tune trial."""
+        if self._orphans is None:
+            known = {t._trial_id for t in self._ot_trials.values()}
+            running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            self._orphans = [optuna.trial.Trial(self._ot_study, t._trial_id) for t in running
+                             if t._trial_id not in known]
+        return self._orphans
 
     def suggest(self, trial_id: str) -> Optional[dict]:
-        if trial_id not in self._ot_trials and self._orphans:
+        if trial_id not in self._ot_trials and self._space and self._adopt_orphans():
             orphan = self._orphans.pop(0)
             complete_params(orphan, self._space)  # a driver killed mid-ask leaves a partly sampled proposal
             self._ot_trials[trial_id] = orphan

@@ -7,6 +7,7 @@ that folder is ``./results/<name>`` and its files are uploaded next to Ray's at 
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
@@ -67,15 +68,24 @@ class Storage:
 
     def check_writable(self) -> None:
         """The local folder (the experiment's, or the driver files' with a URI) can be created and written: found
-        out now, not after the data is decoded. Creates nothing."""
-        existing = self.local
+        out now, not after the data is decoded. Permission bits say yes to root everywhere, even under /proc or on a
+        read-only mount, so a probe folder and file are made in the nearest existing folder above the experiment's
+        (not in it: an existing experiment is left as it was) and removed again."""
+        existing = self.local.parent
         while not existing.exists():
             existing = existing.parent
         if not existing.is_dir():
             raise UserError(f"--storage-path: {existing} is a file, so {self.local} cannot be created there")
-        if not os.access(existing, os.W_OK | os.X_OK):
-            raise UserError(f"--storage-path: {existing} is not writable (read-only file system or permissions), "
-                            f"so {self.local} cannot be written")
+        probe = existing / f".segsweep-write-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+            try:
+                (probe / "probe").write_bytes(b"probe")
+            finally:
+                shutil.rmtree(probe, ignore_errors=True)
+        except OSError as err:
+            raise UserError(f"--storage-path: cannot create folders and files in {existing} "
+                            f"({err.strerror or err}), so {self.local} cannot be written") from None
 
     @property
     def ray_path(self) -> str:

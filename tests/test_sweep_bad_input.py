@@ -99,6 +99,34 @@ def resume_damaged_settings(ctx):
     return ["--resume", "--name", "damaged"], ["--resume", str(damaged / "sweep.yaml"), "not valid YAML"]
 
 
+def resume_saved_by(saved_by: dict, expect: list[str]) -> Callable:
+    """A sweep whose sweep.yaml says it was saved by other versions."""
+    def make(ctx):
+        other = ctx["tmp"] / "results" / "other-version"
+        other.mkdir()
+        (other / "sweep.yaml").write_text(yaml.safe_dump({"space": "smoke", "num_samples": 4, "max_epochs": 2,
+                                                          "saved_by": saved_by}))
+        return ["--resume", "--name", "other-version"], expect
+    return make
+
+
+def resume_damaged_commit(ctx):
+    """Its only committed state has a file whose content is not what was committed (a disk or a hand changed it)."""
+    from segtune.settings import saved_by
+
+    damaged = ctx["tmp"] / "results" / "damaged-state"
+    commit = damaged / "resume_state" / "00000003"
+    commit.mkdir(parents=True)
+    (damaged / "sweep.yaml").write_text(yaml.safe_dump({"space": "smoke", "set": ["image_size=64"], "max_epochs": 2,
+                                                        "data_dir": str(ctx["data"]), "saved_by": saved_by()}))
+    (commit / "experiment_state-x.json").write_text('{"trial_data": [')
+    (commit / "tuner.pkl").write_bytes(b"pickle")
+    (commit / "COMMITTED").write_text(json.dumps({"files": {"experiment_state-x.json": "0" * 64,
+                                                            "tuner.pkl": hashlib.sha256(b"pickle").hexdigest()}}))
+    return ["--resume", "--name", "damaged-state"], [
+        "--resume", "saved state", "cannot be read", "experiment_state-x.json is damaged", "another --name"]
+
+
 def not_a_dataset(ctx):
     empty = ctx["tmp"] / "empty"
     empty.mkdir()
@@ -134,11 +162,18 @@ CASES = {
     "storage-under-a-file": under_a_file,
     "storage-uri-with-credentials": flag("--storage-path", "s3://AKIAEXAMPLE:s3cr3t@bucket/sweeps",
                                          expect=["--storage-path s3://***@bucket/sweeps", "credentials"]),
+    "storage-under-proc": flag("--storage-path", "/proc/nope",
+                               expect=["--storage-path", "in /proc", f"/proc/nope/{NEW} cannot be written"]),
+    "storage-under-sys": flag("--storage-path", "/sys/sweeps", expect=["--storage-path", "in /sys"]),
     "existing-experiment-without-resume": existing_name,
     "resume-of-nothing": resume_unknown,
     "resume-with-other-flags": resume_other_flags,
     "resume-legacy-with-other-flags": resume_legacy_other_flags,
     "resume-damaged-settings": resume_damaged_settings,
+    "resume-damaged-saved-state": resume_damaged_commit,
+    "resume-saved-by-other-ray": resume_saved_by({"state": 1, "ray": "2.59.0"}, [
+        "--resume", "saved by Ray 2.59.0", "cannot read another version's saved state", "ray[default,tune]==2.59.0"]),
+    "resume-saved-by-newer-project": resume_saved_by({"state": 99}, ["--resume", "state format 99", "update it"]),
     "report-of-no-experiment": lambda ctx: (["--report", str(ctx["tmp"])], ["--report", "no sweep.yaml"]),
 }
 
@@ -158,6 +193,28 @@ def test_bad_sweep_input_exits_2_naming_it_and_touches_nothing(case, pets_copy, 
     assert "s3cr3t" not in err and "AKIAEXAMPLE" not in err
     assert fingerprint(storage) == before  # the earlier experiment, byte for byte and untouched
     assert not (storage / NEW).exists()
+
+
+@pytest.fixture
+def read_only_storage(tmp_path):
+    """A read-only mount (root writes anywhere else, whatever the permission bits say)."""
+    import subprocess
+
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root and mount rights)")
+    yield mount
+    subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_storage_on_a_read_only_mount_exits_2_before_any_work(pets_copy, read_only_storage, capsys):
+    code = tune_main("--data-dir", str(pets_copy), "--space", "smoke", "--storage-path", str(read_only_storage))
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    assert f"--storage-path: cannot create folders and files in {read_only_storage} (Read-only file system)" in err
+    assert os.listdir(read_only_storage) == []
 
 
 def test_all_data_problems_are_listed_at_once(pets_copy, storage, capsys):

@@ -1,0 +1,375 @@
+"""What makes ``--resume`` exact after a kill at any moment: Tune's state and the trials' result rows, committed
+together, in ``resume_state/`` of the experiment folder.
+
+Why Tune's own saving is not enough (Ray 2.60): Tune writes its state files (trials, searcher, ...) to a local
+staging folder and a background thread uploads that folder to the storage path, rewriting each file in place. A
+kill during an upload leaves old, new and truncated files side by side; Tune then fails to read them, logs
+"Failed to restore the run state" and silently starts the experiment anew (seen as "no search space has been
+defined" from the searcher). Its JSON logger has the same flaw with each trial's ``result.json``: a row reaches
+storage before the state that holds its checkpoint, so the resumed trial runs that epoch again and the restored
+logger replaces the row.
+
+So this module keeps the record itself:
+- ``CommittedState`` (a Tune callback) is asked for its state right after Tune has written every other state file
+  to the staging folder (every TUNE_GLOBAL_CHECKPOINT_S, 2 s by default). It then copies those files, with the
+  result rows reported since the last commit, into a new numbered folder and writes a COMMITTED marker last. Only
+  then are the rows appended to the trials' ``result.json``: a row anyone can see is committed, together with the
+  checkpoint it was reported with. Checkpoints are deleted by it too, once no commit needs them.
+- ``restore`` (before ``Tuner.restore``) installs the newest committed folder's files in the experiment folder and
+  cuts each ``result.json`` back to the rows committed with it. Epochs in progress at the kill (their rows not yet
+  committed) run again; nothing committed is lost or reported twice.
+
+Everything here that depends on Tune's internals (its state file names, when ``get_state`` is called,
+``Trial.local_experiment_path``) is in this module, checked against ray 2.60 by tests/test_saved_state.py.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from pathlib import PurePosixPath
+from typing import Any, Optional
+
+from ray import tune
+
+from segcore.errors import UserError
+from segcore.metrics_names import SWEEP_METRIC
+from segtune.results import finite
+from segtune.storage import DRIVER_FILES
+
+STATE_DIR = "resume_state"
+COMMITTED = "COMMITTED"  # written last: its list of files and their digests is the commit
+ROWS_FILE = "rows.json"  # per trial: rows committed in all, and the rows new in this commit
+RESULT_FILE, PARAMS_FILE = "result.json", "params.json"
+TUNER_FILE = "tuner.pkl"  # Tuner.restore reads it; written once by Tuner(), then re-uploaded on every resume
+REFRESH_S = 60.0  # a commit at least this often while Tune saves, even when no trial changed
+KEEP = 2  # committed folders kept: the newest, and one to fall back on should the newest be unreadable
+# Tune's state files in its staging folder (Ray 2.60): experiment_state-*.json, searcher-state-*.pkl,
+# search_gen_state-*.json, basic-variant-state-*.json, callback-states-*.pkl; our own files there are skipped.
+TUNE_STATE_PATTERNS = ("*.json", "*.pkl")
+
+log = logging.getLogger(__name__)
+
+
+def _is_tune_state(name: str) -> bool:
+    return name not in DRIVER_FILES and any(fnmatch.fnmatch(name, p) for p in TUNE_STATE_PATTERNS)
+
+
+def filesystem(root: str):
+    """(pyarrow filesystem, path) of ``root``: a local path or a URI (s3://, gs://, ...)."""
+    import pyarrow.fs
+
+    if "://" not in root:
+        return pyarrow.fs.LocalFileSystem(), os.path.abspath(root)
+    return pyarrow.fs.FileSystem.from_uri(root)
+
+
+def _join(*parts: str) -> str:
+    return str(PurePosixPath(*parts))
+
+
+def _read(fs, path: str) -> Optional[bytes]:
+    import pyarrow.fs
+
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.readall()
+
+
+def _write(fs, path: str, data: bytes) -> None:
+    """Whole or not at all: a temporary name renamed into place (an object store's put is whole anyway)."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    fs.move(tmp, path)
+
+
+def _listdir(fs, path: str) -> list:
+    import pyarrow.fs
+
+    return fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+
+
+def committed_folders(fs, root: str) -> list[int]:
+    """Numbers of the committed folders under ``root``/resume_state, newest first."""
+    import pyarrow.fs
+
+    numbers = []
+    for info in _listdir(fs, _join(root, STATE_DIR)):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.isdigit():
+            if fs.get_file_info(_join(info.path, COMMITTED)).type == pyarrow.fs.FileType.File:
+                numbers.append(int(info.base_name))
+    return sorted(numbers, reverse=True)
+
+
+def parse_rows(data: Optional[bytes]) -> list[str]:
+    """The complete rows of a result.json (a kill mid-append can leave a last line cut short: not a row)."""
+    if not data:
+        return []
+    rows = []
+    for line in data.decode("utf-8", "replace").split("\n"):
+        if not line.strip():
+            continue
+        try:
+            json.loads(line)
+        except ValueError:
+            continue
+        rows.append(line)
+    return rows
+
+
+EXPERIMENT: Optional[str] = None  # this run's experiment folder or URI, set by tune_main (Tune pickles callbacks
+# with the experiment, and a resumed experiment may have moved since)
+
+
+class CommittedState(tune.Callback):
+    """Commits Tune's state and the rows reported since the last commit each time Tune saves its state (when
+    anything changed); writes each trial's ``result.json`` (instead of Tune's JSON logger) and ``params.json`` in
+    the folder ``EXPERIMENT``; and deletes a trial's checkpoints once a commit no longer needs them (its latest and
+    its best are kept). Tune's own deletion cannot be used: it deletes the previous checkpoint as soon as a new one
+    arrives, before any saved state names the new one, so a kill in between leaves a state whose checkpoint is
+    gone."""
+
+    def __getstate__(self) -> dict:  # nothing of a run's own is pickled with the experiment
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        pass
+
+    def setup(self, **info) -> None:
+        self._fs, self._path = filesystem(EXPERIMENT)
+        self._staging: Optional[str] = None
+        self._pending: dict[str, list[str]] = {}  # trial folder -> rows reported, not yet committed
+        self._new_checkpoints: dict[str, list[list]] = {}  # trial folder -> [path, score] not yet committed
+        self._changed, self._committed_at = False, time.monotonic()
+        numbers = committed_folders(self._fs, self._path)
+        self._number = max(numbers, default=0)
+        committed = json.loads(_read(self._fs, _join(self._folder(self._number), ROWS_FILE)) or b"{}") \
+            if numbers else {}  # resumed: restore() has cut every result.json back to these counts
+        self._counts = {trial: entry["count"] for trial, entry in committed.items()}  # trial folder -> rows
+        self._checkpoints = {trial: entry.get("checkpoints", []) for trial, entry in committed.items()}
+
+    def _folder(self, number: int) -> str:
+        return _join(self._path, STATE_DIR, f"{number:08d}")
+
+    def _trial_folder(self, trial) -> str:
+        return PurePosixPath(trial.path).name
+
+    def on_step_begin(self, iteration: int, trials: list, **info) -> None:
+        if self._staging is None and trials:
+            self._staging = trials[0].local_experiment_path
+
+    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
+        from ray.tune.utils.util import SafeFallbackEncoder
+
+        folder = _join(self._path, self._trial_folder(trial))
+        self._fs.create_dir(folder)
+        params = json.dumps(trial.config, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
+        _write(self._fs, _join(folder, PARAMS_FILE), params.encode())
+        self._changed = True
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._changed = True
+
+    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._changed = True
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        from ray.tune.utils.util import SafeFallbackEncoder
+
+        self._pending.setdefault(self._trial_folder(trial), []).append(json.dumps(result, cls=SafeFallbackEncoder))
+
+    def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
+        score = finite((trial.last_result or {}).get(SWEEP_METRIC))
+        self._new_checkpoints.setdefault(self._trial_folder(trial), []).append(
+            [checkpoint.path, -math.inf if score is None else score])
+
+    def get_state(self) -> None:
+        """Tune calls this after writing its other state files to the staging folder: commit them now, if anything
+        changed (and at least every REFRESH_S: Tune's state holds more than this class follows)."""
+        if getattr(self, "_staging", None) is not None and (
+                self._changed or self._pending or self._new_checkpoints
+                or time.monotonic() - self._committed_at > REFRESH_S):
+            self._commit()
+        return None  # nothing for Tune to save: the commit is the state
+
+    def _commit(self) -> None:
+        number = self._number + 1
+        folder = self._folder(number)
+        self._fs.create_dir(folder)
+        digests = {}
+        for name in _newest_session_files(self._staging):
+            with open(os.path.join(self._staging, name), "rb") as f:
+                digests[name] = self._put(folder, name, f.read())
+        if TUNER_FILE not in digests:  # a first run: Tune wrote it straight to storage and never rewrites it
+            data = _read(self._fs, _join(self._path, TUNER_FILE))
+            if data is not None:
+                digests[TUNER_FILE] = self._put(folder, TUNER_FILE, data)
+        pending, self._pending = self._pending, {}
+        new_checkpoints, self._new_checkpoints = self._new_checkpoints, {}
+        counts = {t: self._counts.get(t, 0) + len(pending.get(t, [])) for t in {*self._counts, *pending}}
+        checkpoints = {t: self._checkpoints.get(t, []) + new_checkpoints.get(t, [])
+                       for t in {*self._checkpoints, *new_checkpoints}}
+        kept = {t: needed(c) for t, c in checkpoints.items()}
+        rows = {t: {"count": counts.get(t, 0), "new": pending.get(t, []), "checkpoints": kept.get(t, [])}
+                for t in sorted({*counts, *kept})}
+        digests[ROWS_FILE] = self._put(folder, ROWS_FILE, json.dumps(rows).encode())
+        self._put(folder, COMMITTED, json.dumps({"files": digests}, indent=1).encode())
+        self._number, self._counts, self._checkpoints = number, counts, kept
+        self._changed, self._committed_at = False, time.monotonic()
+        for trial, new in pending.items():  # visible only now that they are committed
+            _append_rows(self._fs, _join(self._path, trial, RESULT_FILE), new)
+        for trial, listed in checkpoints.items():  # no commit from this one on needs the others
+            for entry in listed:
+                if entry not in kept[trial]:
+                    _delete_dir(self._fs, entry[0])
+        for old in committed_folders(self._fs, self._path)[KEEP:]:
+            self._fs.delete_dir(self._folder(old))
+
+    def _put(self, folder: str, name: str, data: bytes) -> str:
+        with self._fs.open_output_stream(_join(folder, name)) as f:
+            f.write(data)
+        return hashlib.sha256(data).hexdigest()
+
+
+def needed(checkpoints: list[list]) -> list[list]:
+    """Of a trial's checkpoints ([path, score], oldest first): the latest (to continue from) and the best (what the
+    sweep's best trial is tested and predicted with)."""
+    if not checkpoints:
+        return []
+    latest = checkpoints[-1]
+    best = max(reversed(checkpoints), key=lambda c: c[1])  # the latest of equally good ones
+    return [best, latest] if best is not latest else [latest]
+
+
+def _delete_dir(fs, path: str) -> None:
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:  # deleted by an earlier run that was killed before its next commit
+        pass
+
+
+def _newest_session_files(staging: str) -> list[str]:
+    """Tune's state files of the session that just saved. Each resumed session writes its own set, named by its
+    start time, next to the older sets it downloaded; Tune reads only the newest, so only that one is committed."""
+    names = sorted(n for n in os.listdir(staging) if _is_tune_state(n) and os.path.isfile(os.path.join(staging, n)))
+    states = [n for n in names if n.startswith("experiment_state-")]
+    if not states:
+        return names
+    session = max(states)[len("experiment_state-"):-len(".json")]
+    return [n for n in names if n == TUNER_FILE or PurePosixPath(n).stem.endswith(session)]
+
+
+def _append_rows(fs, path: str, rows: list[str]) -> None:
+    data = "".join(f"{row}\n" for row in rows).encode()
+    try:
+        with fs.open_append_stream(path) as f:
+            f.write(data)
+    except NotImplementedError:  # object stores cannot append: write the whole object again
+        _write(fs, path, (_read(fs, path) or b"") + data)
+
+
+def _check_folder(fs, folder: str) -> Optional[str]:
+    """None if every file the commit lists is there with its digest; else what is wrong."""
+    try:
+        listed = json.loads(_read(fs, _join(folder, COMMITTED)) or b"")["files"]
+    except (ValueError, KeyError, TypeError):
+        return f"{_join(folder, COMMITTED)} is damaged"
+    if not any(name.startswith("experiment_state") for name in listed) or TUNER_FILE not in listed:
+        return f"{folder} lacks Tune's experiment state"
+    for name, digest in listed.items():
+        data = _read(fs, _join(folder, name))
+        if data is None:
+            return f"{_join(folder, name)} is missing"
+        if hashlib.sha256(data).hexdigest() != digest:
+            return f"{_join(folder, name)} is damaged (its content is not what was committed)"
+    return None
+
+
+def newest_readable(root: str) -> Optional[int]:
+    """The number of the newest commit of the experiment at ``root`` whose files are all there, whole; None if it
+    has no commit (killed before its first one). Raises UserError when there are commits and none is readable."""
+    fs, path = filesystem(root)
+    problems = []
+    for number in committed_folders(fs, path):
+        problem = _check_folder(fs, _join(path, STATE_DIR, f"{number:08d}"))
+        if problem is None:
+            return number
+        problems.append(problem)
+        log.warning("resume: %s; trying the commit before it", problem)
+    if problems:
+        raise UserError(f"--resume: the saved state of {root} cannot be read ({'; '.join(problems)}). Its results "
+                        "so far stay where they are (trials.csv and report.md can be rebuilt with --report); to "
+                        "go on searching, start a new sweep with another --name")
+    return None
+
+
+def restore(root: str, number: int) -> None:
+    """Put the experiment at ``root`` back to commit ``number`` before Tune reads it: Tune's state files as
+    committed, and every trial's result.json cut back to its committed rows."""
+    import pyarrow.fs
+
+    fs, path = filesystem(root)
+    folder = _join(path, STATE_DIR, f"{number:08d}")
+    listed = json.loads(_read(fs, _join(folder, COMMITTED)))["files"]
+    for info in _listdir(fs, path):  # Tune's state files as committed, no other (e.g. a later session's)
+        if info.type == pyarrow.fs.FileType.File and (_is_tune_state(info.base_name) or info.base_name == TUNER_FILE):
+            fs.delete_file(info.path)
+    for name in listed:
+        if name != ROWS_FILE:
+            _write(fs, _join(path, name), _read(fs, _join(folder, name)))
+    committed = json.loads(_read(fs, _join(folder, ROWS_FILE)))
+    for info in _listdir(fs, path):
+        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("trial_"):
+            _restore_rows(fs, _join(info.path, RESULT_FILE), committed.get(info.base_name))
+    for other in _listdir(fs, _join(path, STATE_DIR)):  # later folders: unreadable, or a commit cut short
+        if other.base_name.isdigit() and int(other.base_name) > number:
+            fs.delete_dir(other.path)
+
+
+def _restore_rows(fs, path: str, committed: Optional[dict[str, Any]]) -> None:
+    data = _read(fs, path)
+    if committed is None:  # no row of this trial was committed
+        if data is not None:
+            fs.delete_file(path)
+        return
+    rows = parse_rows(data)
+    before = committed["count"] - len(committed["new"])  # appended after earlier commits, before this one
+    if len(rows) < before:
+        raise UserError(f"--resume: {path} holds {len(rows)} results, fewer than the {before} committed before "
+                        "(it was changed or truncated outside the sweep); start a new sweep with another --name")
+    wanted = rows[:before] + committed["new"]
+    if rows != wanted or data != "".join(f"{r}\n" for r in wanted).encode():
+        _write(fs, path, "".join(f"{r}\n" for r in wanted).encode())
+
+
+def start_anew(root: str) -> None:
+    """A sweep killed before its first commit starts again: what Tune had written is uncommitted (no result row is
+    visible before a commit), so its state files and trial folders go."""
+    import pyarrow.fs
+
+    fs, path = filesystem(root)
+    for info in _listdir(fs, path):
+        if info.type == pyarrow.fs.FileType.File and (_is_tune_state(info.base_name) or info.base_name == TUNER_FILE):
+            fs.delete_file(info.path)
+        elif info.type == pyarrow.fs.FileType.Directory and (info.base_name.startswith("trial_")
+                                                              or info.base_name == STATE_DIR):
+            fs.delete_dir(info.path)
+
+
+class RefuseSilentRestart(logging.Filter):
+    """Tune, failing to read a saved experiment, logs "Failed to restore the run state." and starts it anew over
+    the old one. A resume must never do that: the failure is raised instead (out of ``Tuner.fit``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage().startswith("Failed to restore the run state"):
+            cause = record.exc_info[1] if record.exc_info else None
+            raise UserError(f"--resume: Tune could not read the saved experiment ({type(cause).__name__}: {cause}); "
+                            "was it saved by another version of Ray? Start a new sweep with another --name, or "
+                            "resume it with the versions it was started with")
+        return True
