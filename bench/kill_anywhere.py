@@ -123,7 +123,8 @@ def check_outputs(experiment: Path, final: dict[str, list[dict]], max_epochs: in
     if final_test:
         test = json.loads((experiment / "test_metrics.json").read_text())
         if test.get("trial_id") != summary.get("best_trial_id"):
-            problems.append(f"test_metrics.json tests {test.get('trial_id')}, the best is {summary.get('best_trial_id')}")
+            problems.append(f"test_metrics.json tests trial {test.get('trial_id')}, "
+                            f"the best is {summary.get('best_trial_id')}")
     if best is not None and f"{best:.4f}" not in (experiment / "report.md").read_text():
         problems.append(f"report.md does not show the best {METRIC} {best:.4f}")
     return problems

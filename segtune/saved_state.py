@@ -302,11 +302,20 @@ def newest_readable(root: str) -> Optional[int]:
             return number
         problems.append(problem)
         log.warning("resume: %s; trying the commit before it", problem)
+    if not problems and _has_rows(fs, path):  # rows are only ever written after a commit
+        problems.append(f"{_join(path, STATE_DIR)} is missing, yet trials have reported results")
     if problems:
         raise UserError(f"--resume: the saved state of {root} cannot be read ({'; '.join(problems)}). Its results "
                         "so far stay where they are (trials.csv and report.md can be rebuilt with --report); to "
                         "go on searching, start a new sweep with another --name")
     return None
+
+
+def _has_rows(fs, path: str) -> bool:
+    import pyarrow.fs
+
+    return any(info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("trial_")
+               and parse_rows(_read(fs, _join(info.path, RESULT_FILE))) for info in _listdir(fs, path))
 
 
 def restore(root: str, number: int) -> None:

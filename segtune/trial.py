@@ -5,6 +5,7 @@ CPU, nccl on GPU) started from inside the trial; either way it reads the driver'
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import math
 import os
@@ -47,6 +48,7 @@ class ReportEachEpoch(pl.Callback):
 
     def __init__(self, report: Callable, checkpoint_cls: type, extra: dict[str, Any]):
         self.report, self.checkpoint_cls, self.extra = report, checkpoint_cls, extra
+        self.stopped = False  # Tune stopped the trial (see stopped_by_tune)
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -56,8 +58,25 @@ class ReportEachEpoch(pl.Callback):
         with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as folder:
             trainer.save_checkpoint(os.path.join(folder, CHECKPOINT_FILE))  # every rank: it may synchronise
             checkpoint = self.checkpoint_cls.from_directory(folder) if trainer.global_rank == 0 else None
-            self.report(metrics, checkpoint=checkpoint)
+            try:
+                self.report(metrics, checkpoint=checkpoint)
+            except SystemExit:
+                if trainer.world_size > 1:
+                    raise  # Ray Train ends every rank of a DDP trial itself
+                self.stopped_by_tune(trainer)
+                return
         trainer.strategy.barrier()
+
+    def stopped_by_tune(self, trainer: pl.Trainer) -> None:
+        """Tune stops a trial (ASHA, the sweep's end, a stop signal) by raising SystemExit from ``report`` in the
+        training thread, and ends the trial's process a moment later, whatever that thread is doing. Unwinding
+        Lightning and torch by that exception while the process went made it abort now and then, and Ray's fault
+        handler printed a native stack dump into the sweep's terminal. So Lightning stops the ordinary way after
+        this epoch (its teardown runs), the SystemExit is raised again only outside it (``train_trial``), and a
+        process ended under the thread from here on is expected: nothing to dump."""
+        faulthandler.disable()
+        trainer.should_stop = True
+        self.stopped = True
 
 
 def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, **trainer_overrides: Any) -> None:
@@ -99,6 +118,8 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus:
     # Ray shows the trial only its own GPU (or a share of it): one device, never "all visible"
     devices = 1 if gpus > 0 else cfg.devices
     _fit(cfg, ray.get(assets_ref[0]), report, tune.get_checkpoint(), devices=devices)
+    if report.stopped:
+        raise SystemExit(0)  # how Tune's runner thread expects a stopped trial to end (no last report)
 
 
 def _train_ddp(params, base, cpus, gpus, workers, assets_ref, storage) -> None:

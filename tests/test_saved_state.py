@@ -77,6 +77,17 @@ def test_resume_with_no_readable_commit_is_a_clear_error(tmp_path):
     assert newest_readable(str(tmp_path / "never-committed")) is None
 
 
+def test_resume_without_its_saved_state_but_with_results_is_refused_not_started_anew(tmp_path):
+    """Rows are written only after a commit: rows and no commit means the state was removed, and starting anew
+    would throw those results away."""
+    exp = tmp_path / "sweep"
+    (exp / "trial_a").mkdir(parents=True)
+    (exp / "trial_a" / "result.json").write_text(f"{row(1)}\n")
+    with pytest.raises(saved_state.UserError, match=r"resume_state is missing, yet trials have reported results"):
+        newest_readable(str(exp))
+    assert (exp / "trial_a" / "result.json").read_text() == f"{row(1)}\n"
+
+
 def test_resume_refuses_a_result_file_shorter_than_what_was_committed(tmp_path):
     exp = tmp_path / "sweep"
     commit(exp, 2, {"experiment_state-x.json": b"{}", "tuner.pkl": b"t"},
@@ -114,9 +125,33 @@ def test_with_tune_every_commit_holds_tunes_state_and_exactly_the_visible_rows(t
                            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
                                                      callbacks=[saved_state.CommittedState()]))
         grid = tuner.fit()
+        check_commits(tmp_path / "exp", grid)
+        refuses_tunes_silent_restart(tmp_path / "exp", trainable)
     finally:
         ray.shutdown()
-    exp = tmp_path / "exp"
+
+
+def refuses_tunes_silent_restart(exp: Path, trainable) -> None:
+    """Tune, unable to read a saved experiment, logs "Failed to restore the run state" and starts anew over it:
+    with saved_state's filter on its logger that failure is raised instead, as a UserError naming the cause."""
+    import logging
+
+    from ray import tune
+
+    for state in exp.glob("experiment_state-*.json"):
+        state.write_text('{"trial_data": 5}')  # whole, but not what this Tune can read
+    controller_log = logging.getLogger("ray.tune.execution.tune_controller")
+    refuse = saved_state.RefuseSilentRestart()
+    controller_log.addFilter(refuse)
+    try:
+        with pytest.raises(saved_state.UserError,
+                           match=r"Tune could not read the saved experiment \(KeyError: 'runner_data'\)"):
+            tune.Tuner.restore(str(exp), trainable=trainable).fit()
+    finally:
+        controller_log.removeFilter(refuse)
+
+
+def check_commits(exp: Path, grid) -> None:
     numbers = sorted(int(p.name) for p in (exp / STATE_DIR).iterdir())
     assert len(numbers) == saved_state.KEEP and numbers[-1] > 2  # one commit per save; older ones pruned
     newest = exp / STATE_DIR / f"{numbers[-1]:08d}"
