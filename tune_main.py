@@ -155,9 +155,9 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
         print("dry run: nothing started")
         return 0
     storage.local.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        space.save(storage.local / SPACE_FILE)
+    if not args.resume:  # sweep.yaml first: with it --resume can continue (from the space file it names)
         save_settings(args, storage.local)
+        space.save(storage.local / SPACE_FILE)
 
     import ray
     from ray import tune

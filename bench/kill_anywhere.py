@@ -203,7 +203,8 @@ def one_sweep(args, rng: random.Random, points, work: Path, name: str, kills_lef
     seen, kills, runs = [], [], 0
     started = time.monotonic()
     while True:
-        argv = sweep_argv(args, data, storage, name) if runs == 0 else resume
+        # killed before it wrote sweep.yaml, the sweep never started: its command is run again
+        argv = resume if (experiment / "sweep.yaml").is_file() else sweep_argv(args, data, storage, name)
         run = Run(argv, work / f"{name}-run{runs}.log")
         runs += 1
         if len(kills) < kills_left:

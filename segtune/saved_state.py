@@ -334,19 +334,19 @@ def restore(root: str, number: int) -> None:
             _write(fs, _join(path, name), _read(fs, _join(folder, name)))
     committed = json.loads(_read(fs, _join(folder, ROWS_FILE)))
     for info in _listdir(fs, path):
-        if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("trial_"):
-            _restore_rows(fs, _join(info.path, RESULT_FILE), committed.get(info.base_name))
+        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("trial_"):
+            continue
+        if info.base_name in committed:
+            _restore_rows(fs, _join(info.path, RESULT_FILE), committed[info.base_name])
+        else:  # nothing of it committed (a trial launched after the commit, or not yet reporting): Tune makes
+            fs.delete_dir(info.path)  # it again if its saved state holds it, else the search proposes anew
     for other in _listdir(fs, _join(path, STATE_DIR)):  # later folders: unreadable, or a commit cut short
         if other.base_name.isdigit() and int(other.base_name) > number:
             fs.delete_dir(other.path)
 
 
-def _restore_rows(fs, path: str, committed: Optional[dict[str, Any]]) -> None:
+def _restore_rows(fs, path: str, committed: dict[str, Any]) -> None:
     data = _read(fs, path)
-    if committed is None:  # no row of this trial was committed
-        if data is not None:
-            fs.delete_file(path)
-        return
     rows = parse_rows(data)
     before = committed["count"] - len(committed["new"])  # appended after earlier commits, before this one
     if len(rows) < before:
