@@ -183,16 +183,8 @@ def sweep(args: argparse.Namespace, given: set[str], interrupts: Interrupts) -> 
     ray_verbosity = 2 if args.verbose else 0  # 0: our one-line status (tune_callbacks.Progress) instead
     # Tune's newer console output prints an experiment banner even at verbosity 0; its classic one is silent
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if args.verbose else "0"
-    saved_state.EXPERIMENT = storage.ray_path_of_experiment
-    # Each trial's result.json is written by saved_state.CommittedState (rows visible once committed), not by Tune's
-    # JSON and CSV loggers (TensorBoard's is added back); sweeps started before it keep Tune's loggers.
-    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1" if args.state_format >= 1 else "0"
-    if commit is not None:
-        saved_state.restore(storage.ray_path_of_experiment, commit)
-    elif args.resume and args.state_format >= 1:  # killed before its first commit: nothing of it is kept
-        saved_state.start_anew(storage.ray_path_of_experiment)
-    if args.resume and (commit is not None or args.state_format == 0) \
-            and tune.Tuner.can_restore(storage.ray_path_of_experiment):
+    restore = saved_state.prepare(storage.ray_path_of_experiment, commit, args.resume, args.state_format)
+    if restore and tune.Tuner.can_restore(storage.ray_path_of_experiment):
         # errored trials too: a trial killed with the job (preemption) errors, and continues from its checkpoint
         tuner = tune.Tuner.restore(storage.ray_path_of_experiment, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)

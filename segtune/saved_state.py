@@ -291,6 +291,23 @@ def _check_folder(fs, folder: str) -> Optional[str]:
     return None
 
 
+def prepare(root: str, commit: Optional[int], resume: bool, state_format: int) -> bool:
+    """Ready the experiment at ``root`` for this run (``commit``: from ``newest_readable``); True when Tune is to
+    restore it, False when Tune starts it (anew)."""
+    global EXPERIMENT
+    EXPERIMENT = root
+    # Each trial's result.json is written by CommittedState (rows visible once committed), not by Tune's JSON and
+    # CSV loggers (the sweep adds TensorBoard's back); sweeps started before commits existed keep Tune's loggers.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1" if state_format >= 1 else "0"
+    if commit is not None:
+        restore(root, commit)
+        return True
+    if resume and state_format >= 1:  # killed before its first commit: nothing of it was kept
+        start_anew(root)
+        return False
+    return resume  # a new sweep; or one from before commits existed, resumed from Tune's own files
+
+
 def newest_readable(root: str) -> Optional[int]:
     """The number of the newest commit of the experiment at ``root`` whose files are all there, whole; None if it
     has no commit (killed before its first one). Raises UserError when there are commits and none is readable."""
