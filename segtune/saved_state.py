@@ -14,7 +14,9 @@ So this module keeps the record itself:
   to the staging folder (every TUNE_GLOBAL_CHECKPOINT_S, 2 s by default). It then copies those files, with the
   result rows reported since the last commit, into a new numbered folder and writes a COMMITTED marker last. Only
   then are the rows appended to the trials' ``result.json``: a row anyone can see is committed, together with the
-  checkpoint it was reported with. Checkpoints are deleted by it too, once no commit needs them.
+  checkpoint it was reported with. (Tune registers a reported checkpoint one event after the row, and may save its
+  state in between: a row waits for its checkpoint, or else a resumed trial would run that epoch again.)
+  Checkpoints are deleted by it too, once no commit needs them.
 - ``restore`` (before ``Tuner.restore``) installs the newest committed folder's files in the experiment folder and
   cuts each ``result.json`` back to the rows committed with it. Epochs in progress at the kill (their rows not yet
   committed) run again; nothing committed is lost or reported twice.
@@ -145,6 +147,7 @@ class CommittedState(tune.Callback):
         self._fs, self._path = filesystem(EXPERIMENT)
         self._staging: Optional[str] = None
         self._pending: dict[str, list[str]] = {}  # trial folder -> rows reported, not yet committed
+        self._awaiting: dict[str, list[str]] = {}  # trial folder -> rows whose checkpoint Tune has not registered
         self._new_checkpoints: dict[str, list[list]] = {}  # trial folder -> [path, score] not yet committed
         self._changed, self._committed_at = False, time.monotonic()
         numbers = committed_folders(self._fs, self._path)
@@ -174,20 +177,38 @@ class CommittedState(tune.Callback):
         self._changed = True
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self._release(trial)  # a trial that ends runs no epoch again: its rows need no checkpoint
         self._changed = True
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
+        self._release(trial)
         self._changed = True
 
+    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
+        # restarted (--max-failures) from its last registered checkpoint: the epochs after it run and report again
+        self._awaiting.pop(self._trial_folder(trial), None)
+
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        from ray.tune.result import SHOULD_CHECKPOINT
         from ray.tune.utils.util import SafeFallbackEncoder
 
-        self._pending.setdefault(self._trial_folder(trial), []).append(json.dumps(result, cls=SafeFallbackEncoder))
+        row = json.dumps(result, cls=SafeFallbackEncoder)
+        if result.get(SHOULD_CHECKPOINT):  # Tune registers its checkpoint in a later event (a "save" task), and
+            # may save its state in between: committed then, the row's trial would run that epoch again on resume
+            self._awaiting.setdefault(self._trial_folder(trial), []).append(row)
+        else:
+            self._pending.setdefault(self._trial_folder(trial), []).append(row)
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
         score = finite((trial.last_result or {}).get(SWEEP_METRIC))
         self._new_checkpoints.setdefault(self._trial_folder(trial), []).append(
             [checkpoint.path, -math.inf if score is None else score])
+        self._release(trial)  # Tune's state, saved from now on, names the checkpoint these rows were reported with
+
+    def _release(self, trial) -> None:
+        rows = self._awaiting.pop(self._trial_folder(trial), [])
+        if rows:
+            self._pending.setdefault(self._trial_folder(trial), []).extend(rows)
 
     def get_state(self) -> None:
         """Tune calls this after writing its other state files to the staging folder: commit them now, if anything

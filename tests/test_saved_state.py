@@ -108,6 +108,14 @@ def test_with_tune_every_commit_holds_tunes_state_and_exactly_the_visible_rows(t
     monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")  # Tune saves at every step: many commits
     monkeypatch.setattr(saved_state, "EXPERIMENT", str(tmp_path / "exp"))
+    checked = []
+    commit_now = saved_state.CommittedState._commit
+
+    def commit_and_check(self):  # each commit as it is made (only the newest KEEP are left at the end)
+        commit_now(self)
+        checked.append(rows_go_with_their_checkpoints(Path(self._folder(self._number))))
+
+    monkeypatch.setattr(saved_state.CommittedState, "_commit", commit_and_check)
 
     def trainable(config):
         import tempfile
@@ -125,10 +133,29 @@ def test_with_tune_every_commit_holds_tunes_state_and_exactly_the_visible_rows(t
                            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
                                                      callbacks=[saved_state.CommittedState()]))
         grid = tuner.fit()
+        assert len(checked) > 2 and sum(checked) == 6  # every commit checked; 2 trials x 3 rows committed in all
         check_commits(tmp_path / "exp", grid)
         refuses_tunes_silent_restart(tmp_path / "exp", trainable)
     finally:
         ray.shutdown()
+
+
+def rows_go_with_their_checkpoints(folder: Path) -> int:
+    """In a commit, each trial's committed rows are exactly those whose checkpoint the committed Tune state names
+    (here every row comes with one): a trial restored from it continues after its last committed row, neither
+    running a committed epoch again nor skipping one. Returns the rows new in this commit."""
+    from ray.tune.experiment.trial import Trial
+
+    rows = json.loads((folder / ROWS_FILE).read_text())
+    state = json.loads(next(folder.glob("experiment_state-*.json")).read_text())
+    for trial_state, run_metadata in state["trial_data"]:  # read back as Tune.restore reads them
+        trial = Trial.from_json_state(trial_state, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        count = rows.get(f"trial_{trial.trial_id}", {}).get("count", 0)
+        checkpoints = 0 if trial.checkpoint is None else int(Path(trial.checkpoint.path).name.split("_")[1]) + 1
+        assert count == checkpoints, f"{folder.name}: trial {trial.trial_id} has {count} rows committed, " \
+                                     f"{checkpoints} checkpoints in Tune's state"
+    return sum(len(entry["new"]) for entry in rows.values())
 
 
 def refuses_tunes_silent_restart(exp: Path, trainable) -> None:
