@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import run_cli
+from conftest import SMALL_ENCODER, run_cli
 
-ARGS = ["--encoder", "resnet18", "--encoder_weights", "none", "--image_size", "64", "--epochs", "1",
+ARGS = ["--encoder", SMALL_ENCODER, "--encoder_weights", "none", "--image_size", "64", "--epochs", "1",
         "--num_workers", "0", "--accelerator", "cpu"]
 
 

@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from bench.kill_anywhere import check_sweep, read_rows
-from conftest import REPO, run_cli
+from conftest import REPO, SMALL_ENCODER, run_cli
 from segcore.metrics_names import SWEEP_METRIC
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ MAX_EPOCHS = 3
 
 def flags(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
     return ["tune_main.py", "--synthetic", "--data-dir", str(data), "--space", "smoke", "--set", "image_size=64",
-            "--set", "encoder=resnet18", "--set", "batch_size=8", "--max-epochs", str(MAX_EPOCHS),
+            "--set", f"encoder={SMALL_ENCODER}", "--set", "batch_size=8", "--max-epochs", str(MAX_EPOCHS),
             "--storage-path", str(storage), "--name", name, "--seed", "1", *extra]
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_cli
+from conftest import SMALL_ENCODER, run_cli
 from segcore.metrics_names import SWEEP_METRIC
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ MAX_EPOCHS = 3
 
 def sweep_flags(data_dir: Path, storage: Path, name: str, *extra: str) -> list[str]:
     return ["tune_main.py", "--synthetic", "--data-dir", str(data_dir), "--space", "smoke",
-            "--set", "image_size=64", "--set", "encoder=resnet18", "--num-samples", str(NUM_SAMPLES),
+            "--set", "image_size=64", "--set", f"encoder={SMALL_ENCODER}", "--num-samples", str(NUM_SAMPLES),
             "--max-epochs", str(MAX_EPOCHS), "--grace-period", "1", "--reduction-factor", "2",
             "--storage-path", str(storage), "--name", name, "--seed", "0", *extra]
 

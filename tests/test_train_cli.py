@@ -9,14 +9,14 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import run_cli
+from conftest import SMALL_ENCODER, run_cli
 from segcore.metrics_names import LEARNING_RATE, SWEEP_METRIC, TRAIN_LOSS, stage_metric
 
 pytestmark = pytest.mark.slow
 
 
 def tiny_flags(data_dir: Path, out: Path) -> list[str]:
-    return ["-m", "segcore.train", "--data_dir", str(data_dir), "--output_dir", str(out), "--encoder", "resnet18",
+    return ["-m", "segcore.train", "--data_dir", str(data_dir), "--output_dir", str(out), "--encoder", SMALL_ENCODER,
             "--encoder_weights", "none", "--image_size", "64", "--batch_size", "4", "--epochs", "1",
             "--num_workers", "0", "--accelerator", "cpu", "--lr", "3e-4", "--wd", "1e-5", "--freeze_head"]
 
@@ -70,7 +70,7 @@ def test_cli_event_files_hold_scalars_hparams_and_overlays(cli_run):
     assert SWEEP_METRIC in [m.name.tag for m in exp.metric_infos]
     start = plugin_data_pb2.HParamsPluginData.FromString(plugin["_hparams_/session_start_info"]).session_start_info
     assert start.hparams["lr"].number_value == pytest.approx(3e-4)
-    assert start.hparams["encoder"].string_value == "resnet18"
+    assert start.hparams["encoder"].string_value == SMALL_ENCODER
 
 
 def test_cli_config_file_with_flag_override(pets_root, tmp_path):
@@ -96,6 +96,7 @@ def test_cli_help_lists_original_flags():
 def test_offline_imagenet_weights_fail_with_advice(pets_root, tmp_path):
     flags = tiny_flags(pets_root, tmp_path / "run")
     flags[flags.index("--encoder_weights") + 1] = "imagenet"
+    flags[flags.index("--encoder") + 1] = "resnet18"  # an encoder whose weights segcore.weights can fetch
     proc = run_cli(*flags, env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "empty-hf-home")})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
