@@ -67,7 +67,7 @@ def bare_seconds(data: Path, image_size: int, epochs: int) -> float:
         stack = lambda items, k: torch.stack([it[k] for it in items])  # noqa: E731
         xs, ms = stack(train, "image"), stack(train, "mask")
         vx, vm = stack(val, "image"), stack(val, "mask")
-        module = SegmentationModule(cfg.to_dict())
+        module = SegmentationModule(cfg)
         opt = build_optimizer(cfg, [p for p in module.parameters() if p.requires_grad])
         metric = BinarySegMetrics()
         bs = cfg.batch_size

@@ -185,12 +185,6 @@ class TrainConfig:
         return [f"key 'encoder_weights': '{w}' is not a file nor one of {', '.join(['none', *named])} "
                 f"for encoder '{self.encoder}'"]
 
-    def validate(self, source: str = "config") -> "TrainConfig":
-        problems = self.problems()
-        if problems:
-            raise UserError(f"invalid {source}:", problems)
-        return self
-
     @property
     def frozen_parts(self) -> list[str]:
         return [part for part in ("encoder", "decoder", "head") if getattr(self, f"freeze_{part}")]

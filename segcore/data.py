@@ -64,14 +64,6 @@ def read_split(root: Path, split: str) -> tuple[list[str], list[str]]:
     return names, problems
 
 
-def image_path(root: Path, name: str) -> Path:
-    return root / "images" / f"{name}.jpg"
-
-
-def trimap_path(root: Path, name: str) -> Path:
-    return root / "annotations" / "trimaps" / f"{name}.png"
-
-
 def split_trainval(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Deterministic (by seed) train / validation indices into the trainval list."""
     order = np.random.default_rng(seed).permutation(n)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any, Optional
+from typing import Optional
 
 import pytorch_lightning as pl
 import torch
@@ -43,13 +43,12 @@ def normalisation(encoder: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 class SegmentationModule(pl.LightningModule):
-    def __init__(self, config: dict[str, Any], encoder_state: Optional[dict[str, torch.Tensor]] = None):
+    def __init__(self, cfg: TrainConfig, encoder_state: Optional[dict[str, torch.Tensor]] = None):
         """``encoder_state``: pretrained encoder weights fetched elsewhere (a sweep's driver); given, nothing is
         downloaded or read from the weights cache here."""
         super().__init__()
-        self.save_hyperparameters(ignore=["encoder_state"])  # the config: checkpoints rebuild the module from it
-        self.cfg = TrainConfig.from_dict(config)
-        cfg = self.cfg
+        self.save_hyperparameters({"config": cfg.to_dict()})  # checkpoints rebuild the module from it
+        self.cfg = cfg
         if encoder_state is not None:
             self.net = create_model(cfg.arch, cfg.encoder, "none")
             self.net.encoder.load_state_dict(encoder_state)
@@ -72,7 +71,7 @@ class SegmentationModule(pl.LightningModule):
         the checkpoint holds every weight, so the encoder is built empty and then loaded."""
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
         config = dict(checkpoint["hyper_parameters"]["config"], encoder_weights="none")
-        module = cls(config)
+        module = cls(TrainConfig.from_dict(config))
         module.load_state_dict(checkpoint["state_dict"])
         return module.eval()
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import pickle
 import sys
-import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -31,6 +29,7 @@ from tqdm import tqdm
 from segcore.callbacks import overlay
 from segcore.decoded import load_image
 from segcore.errors import EXIT_USER_ERROR, UserError, cli_entry
+from segcore.build import load_module
 from segcore.model import SegmentationModule
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -122,18 +121,6 @@ def experiment_checkpoint(experiment: Path) -> Path:
         raise UserError(f"{summary_file}: no 'best_checkpoint' recorded (did any trial save a checkpoint?)")
     path = Path(best)
     return path if path.is_absolute() else experiment / path
-
-
-def load_module(checkpoint: Path) -> SegmentationModule:
-    if not checkpoint.is_file():
-        raise UserError(f"checkpoint {checkpoint}: not found (or not a file)")
-    try:
-        return SegmentationModule.from_checkpoint(str(checkpoint))
-    # what torch.load and the state-dict lookup raise for a file that is not one of our checkpoints
-    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, KeyError, RuntimeError, ValueError,
-            TypeError) as err:
-        raise UserError(f"checkpoint {checkpoint}: not a segcore SegmentationModule checkpoint "
-                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})") from None
 
 
 def resolve_device(device: str) -> torch.device:

@@ -27,12 +27,6 @@ class SweepAssets:
     def encoder_for(self, cfg: TrainConfig) -> Optional[dict[str, torch.Tensor]]:
         return self.encoders.get((cfg.encoder, cfg.encoder_weights))
 
-    @property
-    def nbytes(self) -> int:
-        data = sum(d.images.nbytes + d.trimaps.nbytes for d in self.decoded.values())
-        weights = sum(t.numel() * t.element_size() for sd in self.encoders.values() for t in sd.values())
-        return data + weights
-
 
 def build_assets(configs: list[TrainConfig], data: bool = True
                  ) -> tuple[SweepAssets, dict[int, DecodedSplit], list[str]]:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
 
 from segcore.metrics_names import DIVERGED as DIVERGED_KEY
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
@@ -180,6 +179,12 @@ def write_summary(summary: dict[str, Any], experiment_dir: Path) -> None:
     write_text_atomic(experiment_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
 
 
+def format_test(metrics: dict[str, Any]) -> str:
+    return (f"Final test, best checkpoint on {metrics['images']} test images: IoU {metrics['test/iou']:.4f}, "
+            f"per-image IoU {metrics['test/per_image_iou']:.4f}, Dice {metrics['test/dice']:.4f}, "
+            f"per-image Dice {metrics['test/per_image_dice']:.4f}")
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     c = summary["counts"]
     head = "Sweep interrupted" if summary.get("interrupted") else "Sweep finished"
@@ -192,19 +197,13 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append("Best config: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
         lines.append(f"Best checkpoint: {summary['best_checkpoint']}")
         exp = Path(summary["experiment"])
-        lines.append(f"Reproduce: python -m segcore.train --config {exp / 'best_config.yaml'}")
+        lines.append(f"Reproduce: python -m segcore.train --config {exp / BEST_CONFIG_FILE}")
     else:
         lines.append(f"No trial reported a finite {SWEEP_METRIC}.")
     if summary.get("final_test"):
-        from segtune.final_test import format_test
-
         lines.append(f"{format_test(summary['final_test'])} -> {Path(summary['experiment']) / TEST_METRICS_FILE}")
     if (c[UNFINISHED] or summary.get("interrupted")) and summary.get("resume_command"):
         lines.append(f"Interrupted, state saved: continue with  {summary['resume_command']}")
     lines.append(f"Compare trials: tensorboard --logdir {summary['experiment']}")
-    lines.append(f"Trials table: {Path(summary['experiment']) / 'trials.csv'}")
+    lines.append(f"Trials table: {Path(summary['experiment']) / TRIALS_CSV}")
     return "\n".join(lines)
-
-
-def dump_yaml(data: Any) -> str:
-    return yaml.safe_dump(data, sort_keys=False)

@@ -54,10 +54,6 @@ class Space:
     fixed: dict[str, Any] = field(default_factory=dict)
     searched: dict[str, tuple[str, list]] = field(default_factory=dict)  # key -> (distribution, arguments)
 
-    @property
-    def has_grid(self) -> bool:
-        return any(kind == "grid" for kind, _ in self.searched.values())
-
     def values_of(self, key: str) -> list[Any]:
         """Every value ``key`` can take (bounds for numeric distributions)."""
         if key in self.fixed:

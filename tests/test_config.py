@@ -235,7 +235,7 @@ def test_pan_with_too_small_images_is_rejected_or_runs(image_size):
     except UserError as err:
         assert "image_size" in str(err)
         return
-    module = SegmentationModule(cfg.to_dict()).eval()
+    module = SegmentationModule(cfg).eval()
     with torch.no_grad():
         out = module(torch.zeros(1, 3, image_size, image_size, dtype=torch.uint8))
     assert out.shape == (1, 1, image_size, image_size)
@@ -252,6 +252,6 @@ def test_arch_encoder_mismatch_is_a_user_error(arch, encoder):
         assert "'encoder'" in str(err) or "'arch'" in str(err)
         return
     try:
-        SegmentationModule(cfg.to_dict())  # builds, or fails with a UserError the CLI can print
+        SegmentationModule(cfg)  # builds, or fails with a UserError the CLI can print
     except UserError:
         pass

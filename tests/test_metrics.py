@@ -11,7 +11,7 @@ from segcore.losses import IGNORE_INDEX
 from segcore.metrics import BinarySegMetrics
 from segcore.metrics_names import EVAL_METRICS, SWEEP_METRIC, stage_metric
 from segcore.model import SegmentationModule
-from segcore.train import make_trainer
+from segcore.build import make_trainer
 
 
 def random_batch(seed: int, n: int = 3, size: int = 16):
@@ -116,7 +116,7 @@ def test_ignored_pixels_change_neither_iou_nor_dice():
 def test_fit_and_validate_log_the_named_metrics(tiny_config, tmp_path):
     cfg = tiny_config
     pl.seed_everything(0, verbose=False)
-    module = SegmentationModule(cfg.to_dict())
+    module = SegmentationModule(cfg)
     datamodule = PetsDataModule(cfg)
     trainer = make_trainer(cfg, tmp_path, logger=False, checkpoint=False, enable_progress_bar=False,
                            enable_model_summary=False)

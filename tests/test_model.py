@@ -12,14 +12,14 @@ from segcore.config import LOSSES, TrainConfig
 from segcore.data import PetsDataModule
 from segcore.losses import IGNORE_INDEX, build_loss
 from segcore.model import IMAGENET_MEAN, IMAGENET_STD, DivergedError, SegmentationModule
-from segcore.train import make_trainer
+from segcore.build import make_trainer
 
 PARTS = ("encoder", "decoder", "head")
 
 
 def make_module(**values) -> SegmentationModule:
     cfg = TrainConfig(**{"encoder_weights": "none", "image_size": 64, **values})
-    return SegmentationModule(cfg.to_dict())
+    return SegmentationModule(cfg)
 
 
 def uint8_batch(n: int = 2, size: int = 64, seed: int = 0) -> torch.Tensor:
@@ -125,7 +125,7 @@ def test_fit_leaves_frozen_parts_bit_identical_and_trains_the_rest(frozen, tiny_
     # unet: BatchNorm in both encoder and decoder, so frozen running statistics are really exercised
     cfg = tiny_config.replace(arch="unet", **{f"freeze_{p}": True for p in frozen})
     pl.seed_everything(0, verbose=False)
-    module = SegmentationModule(cfg.to_dict())
+    module = SegmentationModule(cfg)
     parts = module._parts()
     assert has_batchnorm(parts["encoder"]) and has_batchnorm(parts["decoder"])
     before = {name: _snapshot(part) for name, part in parts.items()}
@@ -214,7 +214,7 @@ def test_module_uses_ignore_index_only_with_border_ignore():
 def test_nan_training_loss_raises_diverged_error_during_fit(tiny_config, tmp_path):
     cfg = tiny_config.replace(optimizer="sgd", lr=1e38, scheduler="none")
     pl.seed_everything(0, verbose=False)
-    module = SegmentationModule(cfg.to_dict())
+    module = SegmentationModule(cfg)
     with pytest.raises(DivergedError, match="lr=1e\\+38"):
         fit(module, cfg, tmp_path)
     assert not math.isfinite(float(module._last_loss))

@@ -13,7 +13,7 @@ from segcore.data import PetsDataModule
 from segcore.metrics_names import SWEEP_METRIC
 from segcore.model import SegmentationModule
 from segcore.optim import build_optimizer, build_scheduler
-from segcore.train import make_trainer
+from segcore.build import make_trainer
 
 STEP_SCHEDULERS = ("cosine", "onecycle", "cyclic")
 EPOCH_SCHEDULERS = ("step", "exponential", "plateau")
@@ -194,7 +194,7 @@ def test_sgd_without_momentum_keeps_zero_momentum(name):
 # ----- real fits ----------------------------------------------------------------------------------------------
 def fit(cfg: TrainConfig, tmp_path, **overrides) -> tuple[SegmentationModule, pl.Trainer]:
     pl.seed_everything(0, verbose=False)
-    module = SegmentationModule(cfg.to_dict())
+    module = SegmentationModule(cfg)
     trainer = make_trainer(cfg, tmp_path, logger=False, checkpoint=False, enable_progress_bar=False,
                            enable_model_summary=False, **overrides)
     trainer.fit(module, datamodule=PetsDataModule(cfg))

@@ -39,3 +39,28 @@ def test_finished_sweep_summary_counts_every_outcome_and_has_no_resume_hint():
 ])
 def test_one_rule_names_each_trials_outcome(last, errored, ended, expected):
     assert trial_status(last, max_epochs=3, errored=errored, ended=ended) == expected
+
+
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32-true"])
+def test_final_test_evaluates_at_the_precision_the_trials_trained_at(precision, tiny_config, tmp_path, monkeypatch):
+    """The final test rebuilds the trial's Trainer settings from the checkpoint's config: a sweep that trained in
+    bf16-mixed is tested in bf16-mixed, not in Lightning's default fp32."""
+    import segcore.build
+    from segcore.data import PetsDataModule
+    from segcore.model import SegmentationModule
+    from segtune.final_test import evaluate
+
+    cfg = tiny_config.replace(precision=precision)
+    trainer = segcore.build.make_trainer(cfg, tmp_path, logger=False, checkpoint=False, limit_train_batches=1,
+                                         limit_val_batches=1, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(SegmentationModule(cfg), datamodule=PetsDataModule(cfg))
+    trainer.save_checkpoint(tmp_path / "trial.ckpt")
+    datamodule = PetsDataModule(cfg)
+    datamodule.check(("test",))  # decoded as a sweep's driver decodes it
+    test = datamodule.decoded["test"]
+    used = []
+    real = segcore.build.test_trainer
+    monkeypatch.setattr(segcore.build, "test_trainer", lambda c: used.append(real(c)) or used[-1])
+    metrics = evaluate(str(tmp_path / "trial.ckpt"), test)
+    assert [t.precision for t in used] == [precision]
+    assert metrics["images"] == len(test) and 0.0 <= metrics["test/iou"] <= 1.0

@@ -70,7 +70,7 @@ def test_bad_space_names_file_key_and_reason(tmp_path, body, key, reason):
 def test_grid_is_fine_with_random_search(tmp_path):
     path = write_space(tmp_path, {"loss": {"grid": ["dice", "bce"]}})
     space = load_space(str(path), search="random")
-    assert space.has_grid
+    assert space.searched["loss"] == ("grid", ["dice", "bce"])
 
 
 def test_set_overrides_fix_a_key_for_all_trials():

@@ -35,7 +35,7 @@ def read_trials(experiment: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory):
     root = tmp_path_factory.mktemp("sweep")
-    proc = run_cli(*sweep_flags(root / "data", root / "results", "e2e"), timeout=900)
+    proc = run_cli(*sweep_flags(root / "data", root / "results", "e2e", "--max-concurrent", "2"), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "results" / "e2e", proc
 
@@ -58,7 +58,7 @@ def test_trials_reuse_worker_processes_instead_of_importing_torch_again(sweep):
     experiment, _ = sweep
     pids = {json.loads(line)["pid"] for path in experiment.glob("trial_*/result.json")
             for line in path.read_text().splitlines()}
-    assert 1 <= len(pids) <= 2, pids  # 6 trials, 2 at a time (2 CPUs): two worker processes serve them all
+    assert 1 <= len(pids) <= 2, pids  # 6 trials, 2 at a time (--max-concurrent 2): two worker processes serve all
 
 
 def test_sweep_prints_summary(sweep):

@@ -127,7 +127,7 @@ def test_offline_imagenet_weights_fail_within_seconds(monkeypatch, tmp_path):
     ("bf16-mixed", False, False, "bf16-mixed"),
 ])
 def test_auto_precision_is_mixed_on_gpus_and_full_on_the_cpu(asked, gpu, bf16, used):
-    from segcore.train import resolve_precision
+    from segcore.build import resolve_precision
 
     assert resolve_precision(asked, gpu=gpu, bf16=bf16) == used
 
@@ -135,7 +135,7 @@ def test_auto_precision_is_mixed_on_gpus_and_full_on_the_cpu(asked, gpu, bf16, u
 def test_device_line_shows_every_gpu_choice_and_this_machine_trains_in_full_precision(tiny_config):
     import torch
 
-    from segcore.train import describe_device, make_trainer
+    from segcore.build import describe_device, make_trainer
 
     cfg = tiny_config.replace(precision="auto", accelerator="auto")
     line = describe_device(cfg)
