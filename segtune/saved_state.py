@@ -34,7 +34,7 @@ import math
 import os
 import time
 from pathlib import PurePosixPath
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from ray import tune
 
@@ -123,6 +123,21 @@ def parse_rows(data: Optional[bytes]) -> list[str]:
             continue
         rows.append(line)
     return rows
+
+
+TRIAL_PREFIX = "trial_"  # a trial's folder is TRIAL_PREFIX + its Tune trial id (the sweep's trial_dirname_creator)
+_after_commit: Optional[Callable[[dict[str, int]], None]] = None
+
+
+def trial_dirname(trial) -> str:
+    return f"{TRIAL_PREFIX}{trial.trial_id}"
+
+
+def after_commit(listener: Callable[[dict[str, int]], None]) -> None:
+    """Call ``listener`` (one per sweep: its searcher) after each commit with every trial's committed rows (Tune
+    trial id -> count): the searcher tells Optuna what is committed, no more."""
+    global _after_commit
+    _after_commit = listener
 
 
 EXPERIMENT: Optional[str] = None  # this run's experiment folder or URI, set by tune_main (Tune pickles callbacks
@@ -245,6 +260,8 @@ class CommittedState(tune.Callback):
         self._changed, self._committed_at = False, time.monotonic()
         for trial, new in pending.items():  # visible only now that they are committed
             _append_rows(self._fs, _join(self._path, trial, RESULT_FILE), new)
+        if _after_commit is not None:
+            _after_commit({t.removeprefix(TRIAL_PREFIX): n for t, n in counts.items()})
         for trial, listed in checkpoints.items():  # no commit from this one on needs the others
             for entry in listed:
                 if entry not in kept[trial]:
@@ -352,7 +369,7 @@ def newest_readable(root: str) -> Optional[int]:
 def _has_rows(fs, path: str) -> bool:
     import pyarrow.fs
 
-    return any(info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("trial_")
+    return any(info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(TRIAL_PREFIX)
                and parse_rows(_read(fs, _join(info.path, RESULT_FILE))) for info in _listdir(fs, path))
 
 
@@ -372,7 +389,7 @@ def restore(root: str, number: int) -> None:
             _write(fs, _join(path, name), _read(fs, _join(folder, name)))
     committed = json.loads(_read(fs, _join(folder, ROWS_FILE)))
     for info in _listdir(fs, path):
-        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith("trial_"):
+        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith(TRIAL_PREFIX):
             continue
         if info.base_name in committed:
             _restore_rows(fs, _join(info.path, RESULT_FILE), committed[info.base_name])
@@ -404,7 +421,7 @@ def start_anew(root: str) -> None:
     for info in _listdir(fs, path):
         if info.type == pyarrow.fs.FileType.File and (_is_tune_state(info.base_name) or info.base_name == TUNER_FILE):
             fs.delete_file(info.path)
-        elif info.type == pyarrow.fs.FileType.Directory and (info.base_name.startswith("trial_")
+        elif info.type == pyarrow.fs.FileType.Directory and (info.base_name.startswith(TRIAL_PREFIX)
                                                               or info.base_name == STATE_DIR):
             fs.delete_dir(info.path)
 

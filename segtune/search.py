@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import optuna
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
+from segtune import compat, saved_state
 from segtune.storage import OPTUNA_DB
 
 
@@ -19,49 +20,56 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     budget; TPE would then treat a 1-epoch score as a finished result. Here a trial that ended before ``max_t``
     is PRUNED (its per-epoch values were already reported as intermediate values), a non-finite value (diverged)
     FAIL, and an errored one FAIL once the sweep has ended (``fail_running``).
+
+    What Optuna is told of a trial is what the sweep has committed of it (segtune.saved_state): values and endings
+    wait here (saved with the searcher) until a commit holds their result rows. Told at once, a kill before the
+    commit would leave Optuna a value of an epoch that runs again after --resume, with another value.
     """
 
     def __init__(self, *args, max_t: int, time_attr: str = "training_iteration", **kwargs):
         super().__init__(*args, **kwargs)
         self.max_t = max_t
         self.time_attr = time_attr
-        self._reported: dict[str, set[int]] = {}  # steps told to Optuna per trial (saved with the searcher)
+        self._unwritten: dict[tuple[str, int], float] = {}  # (trial, step) -> value, not yet told to Optuna
+        self._untold: dict[str, tuple[int, Any, Optional[float]]] = {}  # trial -> (last step, state, value)
         self._orphans: Optional[list[optuna.trial.Trial]] = None  # found at the first suggest
+        saved_state.after_commit(self.write_committed)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
         self._orphans = None  # the study may have moved on since this state was saved: look again
+        saved_state.after_commit(self.write_committed)
 
     def _adopt_orphans(self) -> list[optuna.trial.Trial]:
         """After a killed driver the study may hold proposals asked after the searcher's last saved state (or, for
         a sweep killed before Tune saved anything, asked by a searcher that is gone): they go to the next trials
         instead of asking anew, so the study keeps one Optuna trial per Tune trial."""
         if self._orphans is None:
-            known = {t._trial_id for t in self._ot_trials.values()}
-            running = self._ot_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            self._orphans = [optuna.trial.Trial(self._ot_study, t._trial_id) for t in running
-                             if t._trial_id not in known]
+            study = compat.study_of(self)
+            known = {t.number for t in compat.optuna_trials(self).values()}
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            self._orphans = [compat.live_trial(study, t) for t in running if t.number not in known]
         return self._orphans
 
     def suggest(self, trial_id: str) -> Optional[dict]:
-        if trial_id not in self._ot_trials and self._space and self._adopt_orphans():
+        trials = compat.optuna_trials(self)
+        if trial_id not in trials and compat.optuna_space(self) and self._adopt_orphans():
             orphan = self._orphans.pop(0)
-            complete_params(orphan, self._space)  # a driver killed mid-ask leaves a partly sampled proposal
-            self._ot_trials[trial_id] = orphan
+            complete_params(orphan, compat.optuna_space(self))  # a driver killed mid-ask leaves a partial proposal
+            trials[trial_id] = orphan
         return super().suggest(trial_id)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
         step = result.get(self.time_attr)
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials or step is None:
+        if trial_id in compat.completed_trials(self) or trial_id not in compat.optuna_trials(self) or step is None:
             return
-        if value is not None and math.isfinite(value) and step not in self._reported.setdefault(trial_id, set()):
-            # Optuna refuses NaN intermediate values, and a resumed trial may repeat a step
-            self._ot_trials[trial_id].report(float(value), int(step))
-            self._reported[trial_id].add(step)
+        if value is not None and math.isfinite(value):  # Optuna refuses NaN intermediate values
+            self._unwritten[(trial_id, int(step))] = float(value)  # a step run again replaces its lost value
 
     def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
-        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+        trials, completed = compat.optuna_trials(self), compat.completed_trials(self)
+        if trial_id in completed or trial_id not in trials:
             return super().on_trial_complete(trial_id, result, error)
         if error:
             # Left RUNNING for now: a trial that errored because its job was preempted continues on --resume and
@@ -70,12 +78,26 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if result:  # Tune hands a trial's final result here, not to on_trial_result
             self.on_trial_result(trial_id, result)
         state, value = outcome(result, error, self.metric, self.time_attr, self.max_t)
-        ot_trial = self._ot_trials[trial_id]
-        # After a killed driver, Tune may finish again a trial whose end Optuna already recorded (the searcher's
-        # saved state predates it): the study keeps the first, real ending.
-        if not self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
-            self._ot_study.tell(ot_trial, value, state=state)
-        self._completed_trials.add(trial_id)
+        self._untold[trial_id] = (int((result or {}).get(self.time_attr) or 0), state, value)
+        completed.add(trial_id)
+
+    def write_committed(self, committed: dict[str, int]) -> None:
+        """Tell Optuna the values and endings whose result rows are now committed (``committed``: each trial's
+        committed epochs). Written again after a resume, a value or ending Optuna already holds is left as is."""
+        study, trials = compat.study_of(self), compat.optuna_trials(self)
+        frozen = None
+        for (trial_id, step), value in sorted(self._unwritten.items()):
+            if step <= committed.get(trial_id, 0):
+                frozen = frozen or study.get_trials(deepcopy=False)
+                if step not in frozen[trials[trial_id].number].intermediate_values:
+                    trials[trial_id].report(value, step)
+                del self._unwritten[(trial_id, step)]
+        for trial_id, (step, state, value) in sorted(self._untold.items()):
+            if step <= committed.get(trial_id, 0) and not any(t == trial_id for t, _ in self._unwritten):
+                number = trials[trial_id].number
+                if not study.get_trials(deepcopy=False)[number].state.is_finished():
+                    study.tell(number, value, state=state)
+                del self._untold[trial_id]
 
 
 def complete_params(trial: optuna.trial.Trial, space: dict) -> None:

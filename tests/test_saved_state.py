@@ -129,7 +129,7 @@ def test_with_tune_every_commit_holds_tunes_state_and_exactly_the_visible_rows(t
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
         tuner = tune.Tuner(trainable, param_space={"x": tune.grid_search([1, -1])},
-                           tune_config=tune.TuneConfig(trial_dirname_creator=lambda t: f"trial_{t.trial_id}"),
+                           tune_config=tune.TuneConfig(trial_dirname_creator=saved_state.trial_dirname),
                            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
                                                      callbacks=[saved_state.CommittedState()]))
         grid = tuner.fit()

@@ -37,8 +37,38 @@ def test_stopped_trial_is_pruned_with_its_epoch_values(tmp_path):
     search.suggest("a")
     search.on_trial_result("a", {SWEEP_METRIC: 0.2, EPOCH: 1})
     search.on_trial_complete("a", {SWEEP_METRIC: 0.3, EPOCH: 2})  # the final result arrives here only
-    trial = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[0]
+    search.write_committed({"a": 2})  # what saved_state does once both rows are committed
+    trial = study_trials(tmp_path)[0]
     assert trial.state == S.PRUNED and trial.intermediate_values == {1: 0.2, 2: 0.3}
+
+
+def study_trials(experiment) -> list:
+    return optuna.load_study(study_name="s", storage=f"sqlite:///{experiment / 'optuna.db'}").trials
+
+
+def test_optuna_is_told_only_what_is_committed_and_a_lost_epoch_is_told_as_it_ran_again(tmp_path):
+    """A kill between a result and its commit loses the epoch: the trial runs it again after --resume, possibly
+    to another value. Optuna must hold the value the sweep kept, so it is told only committed results."""
+    search = make_searcher(tmp_path)
+    search.suggest("a")
+    search.on_trial_result("a", {SWEEP_METRIC: 0.2, EPOCH: 1})
+    search.on_trial_result("a", {SWEEP_METRIC: 0.5, EPOCH: 2})
+    search.write_committed({"a": 1})
+    assert study_trials(tmp_path)[0].intermediate_values == {1: 0.2}  # epoch 2 not yet committed
+    search.save(str(tmp_path / "searcher.pkl"))  # the state the commit holds
+    # killed here; resumed from that state, the trial runs epoch 2 again and ends there
+    resumed = make_searcher(tmp_path)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_result("a", {SWEEP_METRIC: 0.4, EPOCH: 2})
+    resumed.on_trial_complete("a", {SWEEP_METRIC: 0.6, EPOCH: 3})
+    resumed.write_committed({"a": 2})
+    trial = study_trials(tmp_path)[0]
+    assert trial.intermediate_values == {1: 0.2, 2: 0.4} and trial.state == S.RUNNING  # epoch 3 not committed
+    resumed.write_committed({"a": 3})
+    resumed.write_committed({"a": 3})  # told once: a commit after a resume repeats what is already there
+    trial = study_trials(tmp_path)[0]
+    assert trial.intermediate_values == {1: 0.2, 2: 0.4, 3: 0.6} and trial.state == S.COMPLETE
+    assert trial.value == 0.6 and len(study_trials(tmp_path)) == 1
 
 
 def test_proposal_asked_after_the_last_snapshot_is_reused_on_resume(tmp_path):
