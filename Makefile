@@ -8,13 +8,15 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 # the demo and tests never reach for the Hugging Face hub
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv demo test test-fast clean
+.PHONY: venv demo lint test test-fast clean
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt
+# then the project itself, editable: segcore/segtune importable from anywhere, and its console scripts
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	$(PY) -c "import torch, pytorch_lightning, segmentation_models_pytorch, ray.tune, optuna"
 	touch $(STAMP)
 
@@ -23,10 +25,13 @@ demo: $(STAMP)
 	$(PY) tune_main.py --synthetic --data-dir data/synthetic --space smoke --num-samples 8 --max-epochs 4 \
 	    --grace-period 1 --reduction-factor 2 --name demo-$$(date +%Y%m%d-%H%M%S)
 
-test: $(STAMP)
+lint: $(STAMP)
+	$(PY) -m ruff check .
+
+test: lint
 	$(PY) -m pytest -q tests
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(PY) -m pytest -q -m "not slow" tests
 
 clean:

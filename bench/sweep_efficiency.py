@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 # 4 configs of equal cost: the benchmark measures overhead, not how well 2 trials of unequal length pack on 2 cores
 # (with fpn + unet in the grid, one core idles for the difference at the end whatever the overhead).

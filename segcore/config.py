@@ -1,6 +1,6 @@
 """One typed config for a training run: flags, YAML/JSON files and sweep trials all become a ``TrainConfig``.
 
-Every value is checked in ``TrainConfig.validate`` and every problem found is reported at once, with the valid
+Every value is checked in ``TrainConfig.from_dict`` and every problem found is reported at once, with the valid
 choices listed, as a single ``UserError``.
 """
 from __future__ import annotations
@@ -88,21 +88,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Mapping[str, Any], source: str = "config") -> "TrainConfig":
         """Build and validate; unknown keys, wrong types and bad values are all reported together."""
-        known = {f.name for f in fields(cls)}
-        problems = [f"unknown key '{k}' (valid keys: {', '.join(sorted(known))})" for k in values if k not in known]
-        kwargs = {}
-        hints = get_type_hints(cls)
-        for key, value in values.items():
-            if key in known:
-                try:
-                    kwargs[key] = coerce(value, hints[key])
-                except (TypeError, ValueError) as err:
-                    problems.append(f"key '{key}': {err}")
-        config = cls(**kwargs)  # the keys that converted, over the defaults: their values can still be checked
-        problems += config.problems()
-        if problems:
-            raise UserError(f"invalid {source}:", problems)
-        return config
+        return build_checked(cls, values, source)
 
     @classmethod
     def from_file(cls, path: Union[str, os.PathLike]) -> "TrainConfig":
@@ -213,6 +199,28 @@ def _valid_devices(devices: str) -> bool:
         return True
     parts = [s.strip() for s in devices.strip("[]").split(",") if s.strip()]
     return bool(parts) and all(s.lstrip("-").isdigit() for s in parts)
+
+
+def build_checked(cls, values: Mapping[str, Any], source: str, label=lambda key: f"key '{key}'",
+                  ignored: frozenset = frozenset()):
+    """An instance of the dataclass ``cls`` (with a ``problems()`` method) from ``values``: unknown keys (but
+    ``ignored`` ones), values of the wrong type and bad values are all reported together, as one UserError titled
+    with ``source``; ``label`` names a key in a message."""
+    known = {f.name for f in fields(cls)}
+    problems = [f"unknown key '{k}' (valid keys: {', '.join(sorted(known))})" for k in values
+                if k not in known and k not in ignored]
+    kwargs, hints = {}, get_type_hints(cls)
+    for key, value in values.items():
+        if key in known:
+            try:
+                kwargs[key] = coerce(value, hints[key])
+            except (TypeError, ValueError) as err:
+                problems.append(f"{label(key)}: {err}")
+    built = cls(**kwargs)  # the keys that converted, over the defaults: their values can still be checked
+    problems += built.problems()
+    if problems:
+        raise UserError(f"invalid {source}:", problems)
+    return built
 
 
 def coerce(value: Any, hint: Any) -> Any:

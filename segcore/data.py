@@ -175,7 +175,8 @@ class PetsDataModule(pl.LightningDataModule):
             raise UserError(f"dataset {root}: {len(problems)} problem(s) found"
                             + (f" (first {len(shown)} listed)" if more else "") + ":", shown)
         n_trainval = len(listed.get("trainval", []))
-        train_idx, val_idx = split_trainval(n_trainval, self.cfg.val_fraction, self.cfg.seed) if n_trainval else ([], [])
+        train_idx, val_idx = (split_trainval(n_trainval, self.cfg.val_fraction, self.cfg.seed) if n_trainval
+                              else ([], []))
         return DataSummary(root, len(train_idx), len(val_idx), len(listed.get("test", [])))
 
     def setup(self, stage: Optional[str] = None) -> None:

@@ -43,8 +43,9 @@ def build_scheduler(cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_st
         return {"scheduler": sched.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=cfg.lr * 0.01),
                 "interval": "step"}
     if cfg.scheduler == "onecycle":
-        return {"scheduler": sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
-                                              cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0), "interval": "step"}
+        one_cycle = sched.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total_steps,
+                                     cycle_momentum=cfg.optimizer == "sgd" and cfg.momentum > 0)
+        return {"scheduler": one_cycle, "interval": "step"}
     if cfg.scheduler == "cyclic":
         # triangular2 cycles of two epochs between lr/10 and lr; momentum cycles only where SGD has one
         return {"scheduler": sched.CyclicLR(optimizer, base_lr=cfg.lr / 10, max_lr=cfg.lr,

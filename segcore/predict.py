@@ -26,10 +26,10 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from segcore.build import load_module
 from segcore.callbacks import overlay
 from segcore.decoded import load_image
 from segcore.errors import EXIT_USER_ERROR, UserError, cli_entry
-from segcore.build import load_module
 from segcore.model import SegmentationModule
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

@@ -2,6 +2,10 @@
 
 Fits, validates and tests (on the test split) with the best checkpoint, and writes to ``--output_dir``: TensorBoard
 logs, ``checkpoints/best.ckpt``, the resolved ``config.yaml`` and ``metrics.json``.
+
+"The original example" (README): SMP's binary segmentation notebook, examples/binary_segmentation_intro.ipynb in
+https://github.com/qubvel-org/segmentation_models.pytorch (FPN-resnet34 on Oxford-IIIT Pet with Lightning), as a
+command line with the flags --lr --batch_size --wd --freeze_encoder --freeze_head --freeze_decoder, kept here.
 """
 from __future__ import annotations
 

@@ -9,7 +9,6 @@ from typing import Optional
 
 from segcore.errors import UserError
 
-
 DDP_DRIVER_CPU = 0.01  # what the trial process of a DDP trial reserves besides its workers (Ray refuses zero)
 
 

@@ -1,8 +1,7 @@
-"""Everything checked and prepared by the driver before any trial starts: flags, data, weights, resources."""
+"""What the driver prepares before any trial starts: the --set values, the trials' shared config, the dataset."""
 from __future__ import annotations
 
 import itertools
-import re
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,8 +10,6 @@ import yaml
 from segcore.config import TrainConfig
 from segcore.errors import UserError
 from segtune.spaces import Space, to_config_values
-
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 def parse_sets(items: list[str]) -> dict[str, Any]:
@@ -27,39 +24,6 @@ def parse_sets(items: list[str]) -> dict[str, Any]:
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out
-
-
-def check_name(name: str) -> None:
-    if not NAME_RE.match(name):
-        raise UserError(f"--name '{name}': use letters, digits, '_', '-', '.' (no path separators)")
-
-
-def check_flags(args) -> None:
-    problems = []
-    if args.num_samples < 1:
-        problems.append(f"--num-samples must be >= 1, got {args.num_samples}")
-    if args.max_epochs < 1:
-        problems.append(f"--max-epochs must be >= 1, got {args.max_epochs}")
-    if not 1 <= args.grace_period <= max(1, args.max_epochs):
-        problems.append(f"--grace-period must be between 1 and --max-epochs ({args.max_epochs}), "
-                        f"got {args.grace_period}")
-    if args.reduction_factor < 2:
-        problems.append(f"--reduction-factor must be >= 2, got {args.reduction_factor}")
-    if args.cpus_per_trial <= 0:
-        problems.append(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
-    if args.gpus_per_trial < 0:
-        problems.append(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
-    elif args.gpus_per_trial > 1:
-        problems.append(f"--gpus-per-trial {args.gpus_per_trial:g}: a trial process drives one GPU (or a share); "
-                        "for several GPUs per trial use --workers-per-trial N with --gpus-per-trial 1")
-    if args.workers_per_trial < 1:
-        problems.append(f"--workers-per-trial must be >= 1, got {args.workers_per_trial}")
-    if args.max_concurrent is not None and args.max_concurrent < 1:
-        problems.append(f"--max-concurrent must be >= 1, got {args.max_concurrent}")
-    if args.max_failures < 0:
-        problems.append(f"--max-failures must be >= 0, got {args.max_failures}")
-    if problems:
-        raise UserError("invalid flags:", problems)
 
 
 def base_config(space: Space, data_dir: Path, max_epochs: int) -> dict[str, Any]:

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-
 from segcore.metrics_names import DIVERGED as DIVERGED_KEY
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune.spaces import to_config_values

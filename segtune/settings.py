@@ -5,11 +5,14 @@ Neither file ends in .json or .pkl: on a resumed run Ray copies every such file 
 staging folder and keeps uploading it back, rewriting it in place, so a machine lost mid-upload truncates it."""
 from __future__ import annotations
 
-import argparse
+import dataclasses
+import re
 import shlex
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Mapping, Optional
 
+from segcore.config import build_checked
 from segcore.errors import UserError
 from segtune.storage import SETTINGS_FILE, SPACE_FILE, Storage, write_text_atomic
 
@@ -22,41 +25,124 @@ SAVED_BY_KEY, STATE_FORMAT = "saved_by", 1
 
 # Flags a resumed sweep may change: how to reach Ray and what to print. The rest comes from sweep.yaml.
 RESUME_MAY_CHANGE = {"resume", "address", "verbose", "dry_run", "dashboard", "storage_path", "name", "no_final_test"}
+# Keys earlier versions saved in sweep.yaml that are not settings (tune_main's other modes): ignored when read
+NOT_SETTINGS = {"list_spaces", "report"}
+SEARCHES, SCHEDULERS = ("optuna", "random"), ("asha", "fifo")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # an experiment's folder name: no path separators
 
 
-def given_flags(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> set[str]:
-    """The destinations of the flags given on the command line (not left at their defaults); ``parser`` is
-    changed for that, so pass a fresh one."""
-    for action in parser._actions:  # argparse's documented trick for telling given flags from defaults
-        action.default = argparse.SUPPRESS
-    return set(vars(parser.parse_args(argv)))
+@dataclass
+class SweepSettings:
+    """Everything a sweep runs with: its flags, checked together (``problems``), saved as ``sweep.yaml`` and read
+    back by ``--resume``. The flags of tune_main.py are these fields, spelled with dashes."""
+    space: str = "default"
+    data_dir: str = "data"
+    download: bool = False
+    synthetic: bool = False
+    num_samples: int = 16
+    max_epochs: int = 10
+    grace_period: int = 1
+    reduction_factor: int = 3
+    search: str = "optuna"
+    scheduler: str = "asha"
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0
+    workers_per_trial: int = 1
+    max_concurrent: Optional[int] = None
+    max_failures: int = 0
+    storage_path: str = "results"
+    name: str = "sweep"
+    resume: bool = False
+    address: Optional[str] = None
+    seed: int = 0
+    set: list[str] = field(default_factory=list)
+    dry_run: bool = False
+    dashboard: bool = False
+    no_final_test: bool = False
+    verbose: bool = False
+    # how the experiment's state is saved (not a flag): STATE_FORMAT for a new sweep, sweep.yaml's for a resumed one
+    state_format: int = field(default=STATE_FORMAT, metadata={"saved": False})
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any], source: str = "flags") -> "SweepSettings":
+        """Build and check; unknown keys, wrong types and bad values are all reported together."""
+        return build_checked(cls, values, source, label=flag, ignored=NOT_SETTINGS)
+
+    def replace(self, **changes: Any) -> "SweepSettings":
+        return dataclasses.replace(self, **changes)
+
+    def to_saved(self) -> dict[str, Any]:
+        """What sweep.yaml holds: every flag."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.metadata.get("saved", True)}
+
+    def problems(self) -> list[str]:
+        p = []
+        if not NAME_RE.match(self.name):
+            p.append(f"--name '{self.name}': use letters, digits, '_', '-', '.' (no path separators)")
+        if self.search not in SEARCHES:
+            p.append(f"--search {self.search!r}: one of {', '.join(SEARCHES)}")
+        if self.scheduler not in SCHEDULERS:
+            p.append(f"--scheduler {self.scheduler!r}: one of {', '.join(SCHEDULERS)}")
+        if self.num_samples < 1:
+            p.append(f"--num-samples must be >= 1, got {self.num_samples}")
+        if self.max_epochs < 1:
+            p.append(f"--max-epochs must be >= 1, got {self.max_epochs}")
+        if not 1 <= self.grace_period <= max(1, self.max_epochs):
+            p.append(f"--grace-period must be between 1 and --max-epochs ({self.max_epochs}), "
+                     f"got {self.grace_period}")
+        if self.reduction_factor < 2:
+            p.append(f"--reduction-factor must be >= 2, got {self.reduction_factor}")
+        if self.cpus_per_trial <= 0:
+            p.append(f"--cpus-per-trial must be > 0, got {self.cpus_per_trial}")
+        if self.gpus_per_trial < 0:
+            p.append(f"--gpus-per-trial must be >= 0, got {self.gpus_per_trial}")
+        elif self.gpus_per_trial > 1:
+            p.append(f"--gpus-per-trial {self.gpus_per_trial:g}: a trial process drives one GPU (or a share); "
+                     "for several GPUs per trial use --workers-per-trial N with --gpus-per-trial 1")
+        if self.workers_per_trial < 1:
+            p.append(f"--workers-per-trial must be >= 1, got {self.workers_per_trial}")
+        if self.max_concurrent is not None and self.max_concurrent < 1:
+            p.append(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
+        if self.max_failures < 0:
+            p.append(f"--max-failures must be >= 0, got {self.max_failures}")
+        return p
+
+    @property
+    def local_sweep(self) -> bool:
+        """Ray is started here for this sweep (no --address): what is asked is checked against this machine."""
+        return not self.address
 
 
-def settings_for(args: argparse.Namespace, experiment_dir: Path, given: set[str]) -> argparse.Namespace:
-    """A resumed sweep keeps the flags it started with; only how to reach Ray and how to print may change. A flag
-    given again with another value is refused rather than silently ignored."""
-    if not args.resume:
-        args.state_format = STATE_FORMAT
-        return args
+def flag(key: str) -> str:
+    return f"--{key.replace('_', '-')}"
+
+
+def settings_for(given: SweepSettings, named: set[str], experiment_dir: Path) -> SweepSettings:
+    """The settings a run goes with. A new sweep: the flags as ``given``. A resumed one keeps those it started
+    with (sweep.yaml); only how to reach Ray and how to print may change (``named``: the flags on the command
+    line). A flag given again with another value is refused rather than silently ignored."""
+    if not given.resume:
+        return given
     saved_file, saved = read_settings(experiment_dir, "--resume", hint="; check --storage-path and --name")
     versions = saved.pop(SAVED_BY_KEY, None) or {}
     check_versions(saved_file, versions)
-    changed = [f"--{key.replace('_', '-')} {getattr(args, key)!r} (the sweep started with {saved.get(key)!r})"
-               for key in sorted(given - RESUME_MAY_CHANGE) if saved.get(key) != getattr(args, key)]
+    started = SweepSettings.from_dict(saved, source=str(saved_file))
+    changed = [f"{flag(key)} {getattr(given, key)!r} (the sweep started with {getattr(started, key)!r})"
+               for key in sorted(named - RESUME_MAY_CHANGE) if getattr(started, key) != getattr(given, key)]
     if changed:
         raise UserError(f"--resume continues {experiment_dir} with the settings it started with ({saved_file}); "
                         "these flags differ (drop them, or start a new sweep with another --name):", changed)
-    saved.update({key: getattr(args, key) for key in RESUME_MAY_CHANGE - {"storage_path", "name"}})
-    saved["state_format"] = int(versions.get("state", 0))
+    this_run = {key: getattr(given, key) for key in RESUME_MAY_CHANGE - {"storage_path", "name"}}
+    settings = started.replace(**this_run, state_format=int(versions.get("state", 0)))
     if (experiment_dir / SPACE_FILE).is_file():  # the space as it was, even if its file has changed since
-        saved.update(space=str(experiment_dir / SPACE_FILE), set=[])
-    return argparse.Namespace(**{**vars(args), **saved})
+        settings = settings.replace(space=str(experiment_dir / SPACE_FILE), set=[])
+    return settings
 
 
-def resume_command(args: argparse.Namespace, storage: Storage) -> str:
-    cmd = ["python", "tune_main.py", "--resume", "--storage-path", storage.ray_path, "--name", args.name]
-    if args.address:
-        cmd += ["--address", args.address]
+def resume_command(settings: SweepSettings, storage: Storage) -> str:
+    cmd = ["python", "tune_main.py", "--resume", "--storage-path", storage.ray_path, "--name", settings.name]
+    if settings.address:
+        cmd += ["--address", settings.address]
     return " ".join(shlex.quote(c) for c in cmd)
 
 
@@ -81,13 +167,12 @@ def check_versions(saved_file: Path, saved: dict) -> None:
                         "sweep with another --name")
 
 
-def save_settings(args: argparse.Namespace, experiment_dir: Path) -> None:
+def save_settings(settings: SweepSettings, experiment_dir: Path) -> None:
     import yaml
 
-    settings = {**vars(args), SAVED_BY_KEY: saved_by()}
-    settings.pop("state_format", None)
+    saved = {**settings.to_saved(), SAVED_BY_KEY: saved_by()}
     write_text_atomic(experiment_dir / SETTINGS_FILE, "# the flags this sweep started with (--resume reads them)\n"
-                      + yaml.safe_dump(settings, sort_keys=True))
+                      + yaml.safe_dump(saved, sort_keys=True))
 
 
 def read_settings(experiment_dir: Path, flag: str, hint: str = "") -> tuple[Path, dict]:

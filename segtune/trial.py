@@ -18,11 +18,11 @@ import ray
 import torch
 from ray import tune
 
+from segcore.build import build_module, describe_device, make_trainer, quiet_lightning
 from segcore.config import TrainConfig
 from segcore.data import PetsDataModule
 from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segcore.model import DivergedError
-from segcore.build import build_module, describe_device, make_trainer, quiet_lightning
 from segtune.spaces import to_config_values
 from segtune.storage import CHECKPOINT_FILE
 

@@ -89,8 +89,8 @@ def test_ddp_trials_report_world_size_and_are_stopped_cleanly(two_nodes, tmp_pat
 
     storage = tmp_path / "results"
     proc = run_cli("tune_main.py", "--address", two_nodes.address, "--synthetic", "--data-dir", str(tmp_path / "d"),
-                   "--space", "smoke", "--set", "image_size=64", "--set", f"encoder={SMALL_ENCODER}", "--num-samples", "3",
-                   "--max-epochs", "2", "--reduction-factor", "2", "--workers-per-trial", "2",
+                   "--space", "smoke", "--set", "image_size=64", "--set", f"encoder={SMALL_ENCODER}",
+                   "--num-samples", "3", "--max-epochs", "2", "--reduction-factor", "2", "--workers-per-trial", "2",
                    "--cpus-per-trial", "0.5", "--storage-path", str(storage), "--name", "ddp", timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = read_trials(storage / "ddp")

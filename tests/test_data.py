@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from segcore.data import (PetsDataModule, PetsSegmentation, find_root, read_split, split_trainval, trimap_lut)
+from segcore.data import PetsDataModule, PetsSegmentation, find_root, read_split, split_trainval, trimap_lut
 from segcore.decoded import DecodedSplit, decode_item
 from segcore.errors import UserError
 from segcore.losses import IGNORE_INDEX

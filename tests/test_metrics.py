@@ -6,12 +6,12 @@ import pytorch_lightning as pl
 import segmentation_models_pytorch as smp
 import torch
 
+from segcore.build import make_trainer
 from segcore.data import PetsDataModule
 from segcore.losses import IGNORE_INDEX
 from segcore.metrics import BinarySegMetrics
 from segcore.metrics_names import EVAL_METRICS, SWEEP_METRIC, stage_metric
 from segcore.model import SegmentationModule
-from segcore.build import make_trainer
 
 
 def random_batch(seed: int, n: int = 3, size: int = 16):

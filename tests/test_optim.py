@@ -8,12 +8,12 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 
+from segcore.build import make_trainer
 from segcore.config import OPTIMIZERS, SCHEDULERS, TrainConfig
 from segcore.data import PetsDataModule
 from segcore.metrics_names import SWEEP_METRIC
 from segcore.model import SegmentationModule
 from segcore.optim import build_optimizer, build_scheduler
-from segcore.build import make_trainer
 
 STEP_SCHEDULERS = ("cosine", "onecycle", "cyclic")
 EPOCH_SCHEDULERS = ("step", "exponential", "plateau")

@@ -119,7 +119,7 @@ def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(tmp_path
         driver = start(argv, log)
         try:
             # SIGKILL lands right after a result becomes visible: the moment a lost machine loses the most
-            wait_for(driver, condition or (lambda: epochs_reported(experiment) > before), log, what)
+            wait_for(driver, condition or (lambda before=before: epochs_reported(experiment) > before), log, what)
             if target == "group":  # what Ctrl-C does in a terminal; SIGKILL: the machine is gone
                 os.killpg(driver.pid, sig)
             else:  # what `kill PID` or a cluster's preemption notice does to the driver

@@ -233,7 +233,7 @@ def test_report_plots_every_trial_and_its_numbers_are_the_trials(sweep):
     rows = table(report, f"{SWEEP_METRIC} per epoch")
     assert sorted(r[1] for r in rows) == sorted(results)  # every trial, once
     statuses = {Path(r["path"]).name.removeprefix("trial_"): r["status"] for r in read_trials(experiment)}
-    for number, trial_id, status, epochs, best, last in rows:
+    for _number, trial_id, status, epochs, best, last in rows:
         values = [r[SWEEP_METRIC] for r in results[trial_id]]
         assert status == statuses[trial_id] and int(epochs) == len(values)
         assert float(best) == pytest.approx(max(values), abs=5e-5)

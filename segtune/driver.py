@@ -1,0 +1,276 @@
+"""The sweep, as its steps: ``run_sweep`` calls them in order, each a function below.
+
+1. ``check_and_prepare``  settings (and --resume's saved ones), storage, space, data and weights: every problem
+                          found before anything expensive starts
+2. ``connect``            start or join Ray; check the request against the cluster
+3. ``plan``               what will run, printed (a --dry-run stops after it)
+4. ``start_experiment``   sweep.yaml and space.yaml, or the newest commit put back for a resume
+5. ``build_tuner``        the Tuner: trainable, search, scheduler, callbacks (or Tune's saved one, resumed)
+6. ``fit``                Tune runs the trials
+7. ``summarise``          trials.csv, best_config.yaml, summary.json
+8. ``final_test``         the best checkpoint on the test split
+9. ``report``             report.md and its plots, then the summary printed
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from segcore.config import TrainConfig
+from segcore.decoded import DecodedSplit
+from segcore.errors import UserError
+from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
+from segtune import cluster, prepare, saved_state
+from segtune.assets import SweepAssets, build_assets
+from segtune.interrupts import Interrupts
+from segtune.settings import SweepSettings, resume_command, save_settings, settings_for
+from segtune.spaces import Space, load_space
+from segtune.storage import SPACE_FILE, Storage
+
+# Tune saves its state (and saved_state commits it with the results reported since) every this many seconds: a
+# result becomes visible, and survives a kill, within about that time. Tune's default adapts between 10 s and more.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+# SIGINT is ours (class Interrupts): it asks Tune to stop through SIGUSR1, as it does for SIGTERM.
+os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
+
+# Trials get data and weights from the driver through the object store: they must not reach the Hugging Face hub
+# or read its cache (which a node without a shared filesystem would not have). Enforced, so a slip fails loudly.
+TRIAL_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent/segsweep-trials-get-weights-from-the-driver"}
+
+
+class _NoTunerRestoreHint(logging.Filter):
+    """Tune ends an interrupted run with 'Resume experiment with: Tuner.restore(...)'; ours prints the command."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "has been interrupted" not in record.getMessage()
+
+
+logging.getLogger("ray.tune.tune").addFilter(_NoTunerRestoreHint())
+logging.getLogger("ray.tune.execution.tune_controller").addFilter(saved_state.RefuseSilentRestart())
+
+
+@dataclass
+class Prepared:
+    """What step 1 found and made ready."""
+    settings: SweepSettings
+    storage: Storage
+    space: Space
+    base: dict[str, Any]  # the config values every trial shares
+    assets: SweepAssets  # decoded data and encoder weights, for the trials
+    tests: dict[int, DecodedSplit]  # the test split at each image size, for the final test
+    notes: list[str]  # lines for the plan
+    commit: Optional[int]  # the saved state --resume continues from
+    resources: str = ""  # the request, as checked against the machine or cluster
+
+
+def run_sweep(given: SweepSettings, named: set[str], interrupts: Interrupts) -> int:
+    """Check everything, prepare the assets, run (or resume) the sweep, summarise it; returns the exit code."""
+    job = check_and_prepare(given, named)
+    ray_cluster = connect(job, interrupts)
+    print(plan(job), flush=True)
+    if job.settings.dry_run:
+        print("dry run: nothing started")
+        return 0
+    restore = start_experiment(job)
+    tuner = build_tuner(job, ray_cluster, restore)
+    results = fit(tuner, job, interrupts)
+    if results is None:
+        return interrupts.exit_code or 128 + signal.SIGINT
+    summary = summarise(results, job, interrupted=interrupts.received is not None)
+    if not job.settings.no_final_test and interrupts.received is None and summary.get("best_checkpoint"):
+        summary["final_test"] = final_test(results, job, summary)
+    report(job, summary)
+    return interrupts.exit_code
+
+
+def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
+    """Step 1. Cheap checks first (settings, storage, resources), then the data decoded and weights fetched once,
+    here, before any trial."""
+    storage = Storage(given.storage_path, given.name)
+    settings = settings_for(given, named, storage.local)
+    storage.check_writable()
+    if storage.local.exists() and not settings.resume and any(storage.local.iterdir()):
+        raise UserError(f"--name {settings.name}: {storage.local} already holds an experiment; add --resume to "
+                        "continue it or choose another --name (nothing is overwritten)")
+    # which saved state --resume continues from, found readable now rather than after the data is decoded
+    commit = saved_state.newest_readable(storage.ray_path_of_experiment) if settings.resume else None
+    space = load_space(settings.space, prepare.parse_sets(settings.set), settings.search)
+    data_dir = Path(settings.data_dir).resolve()
+    pending = prepare.ensure_dataset(data_dir, settings.synthetic, settings.download, dry_run=settings.dry_run)
+    base = prepare.base_config(space, data_dir, settings.max_epochs)
+    configs: list[TrainConfig] = prepare.candidate_configs(space, base)
+    resources = ""
+    if settings.local_sweep:  # checked against this machine before Ray starts
+        resources = cluster.check_resources(settings.cpus_per_trial, settings.gpus_per_trial,
+                                            settings.workers_per_trial)
+    assets, tests, notes = build_assets(configs, data=pending is None)
+    return Prepared(settings, storage, space, base, assets, tests, notes + ([pending] if pending else []), commit,
+                    resources)
+
+
+def connect(job: Prepared, interrupts: Interrupts) -> Optional[cluster.Cluster]:
+    """Step 2. Start Ray here, or join --address, and check the request against what it has. A local dry run
+    starts nothing."""
+    s = job.settings
+    if s.dry_run and s.local_sweep:
+        return None
+    # Ray Train frees a stopped DDP trial's workers through the state API, which the dashboard serves
+    ray_cluster = cluster.connect(s.address, TRIAL_ENV, dashboard=s.dashboard or s.workers_per_trial > 1)
+    interrupts.install()
+    if not s.local_sweep:
+        job.resources = cluster.check_resources(s.cpus_per_trial, s.gpus_per_trial, s.workers_per_trial,
+                                                ray_cluster.resources, ray_cluster.node_cpus)
+    if len(ray_cluster.hosts) > 1 and not job.storage.is_uri:
+        cluster.check_storage_shared(job.storage.local.parent, ray_cluster.node_ids)
+    return ray_cluster
+
+
+def plan(job: Prepared) -> str:
+    """Step 3. What will run, in a few lines."""
+    s, space = job.settings, job.space
+    searched = ", ".join(f"{k}~{kind}{vals}" for k, (kind, vals) in space.searched.items()) or "nothing"
+    fixed = ", ".join(f"{k}={v}" for k, v in space.fixed.items()) or "none"
+    workers = f", {s.workers_per_trial} DDP workers each" if s.workers_per_trial > 1 else ""
+    sched = (f"ASHA (grace {s.grace_period}, reduction {s.reduction_factor}, max {s.max_epochs} epochs)"
+             if s.scheduler == "asha" else f"FIFO ({s.max_epochs} epochs each)")
+    lines = [f"space {space.name} ({space.path}): {space.description}", f"  searched: {searched}",
+             f"  fixed: {fixed}",
+             f"search {s.search} (seed {s.seed}), {s.num_samples} samples, scheduler {sched}",
+             f"metric {SWEEP_METRIC} ({SWEEP_MODE}); per trial {s.cpus_per_trial:g} CPU, "
+             f"{s.gpus_per_trial:g} GPU{workers}; max concurrent {s.max_concurrent or 'as resources allow'}",
+             f"resources: {job.resources}", *job.notes, f"experiment: {job.storage.shown}"]
+    return "\n".join(lines)
+
+
+def start_experiment(job: Prepared) -> bool:
+    """Step 4. A new sweep writes sweep.yaml first (with it --resume can continue, from the space file it names);
+    a resumed one is put back to its newest commit. True when Tune is to restore the experiment."""
+    s, storage = job.settings, job.storage
+    storage.local.mkdir(parents=True, exist_ok=True)
+    if not s.resume:
+        save_settings(s, storage.local)
+        job.space.save(storage.local / SPACE_FILE)
+    return saved_state.prepare(storage.ray_path_of_experiment, job.commit, s.resume, s.state_format)
+
+
+def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
+    """Step 5. The Tuner: Tune's saved one for a resume, else a new one from the settings."""
+    import ray
+    from ray import tune
+    from ray.tune.logger import TBXLoggerCallback
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    from segtune import compat, tune_callbacks
+    from segtune.search import build_search
+    from segtune.trial import train_trial
+
+    s, storage = job.settings, job.storage
+    workers = s.workers_per_trial
+    trainable = tune.with_parameters(train_trial, base=job.base, cpus=s.cpus_per_trial, gpus=s.gpus_per_trial,
+                                     workers=workers, assets_ref=[ray.put(job.assets)],
+                                     storage=storage.ray_path_of_experiment)
+    # A DDP trial's own process only coordinates (a sliver of a CPU); its Ray Train workers hold the CPUs / GPUs.
+    trial_resources = ({"cpu": cluster.DDP_DRIVER_CPU} if workers > 1
+                       else {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})
+    trainable = tune.with_resources(trainable, trial_resources)
+    tune_callbacks.SHOW_PROGRESS = not s.verbose
+    ray_verbosity = 2 if s.verbose else 0  # 0: our one-line status (tune_callbacks.Progress) instead
+    # Tune's newer console output prints an experiment banner even at verbosity 0; its classic one is silent
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if s.verbose else "0"
+    if restore and tune.Tuner.can_restore(storage.ray_path_of_experiment):
+        # errored trials too: a trial killed with the job (preemption) errors, and continues from its checkpoint
+        tuner = tune.Tuner.restore(storage.ray_path_of_experiment, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        compat.set_restored_verbosity(tuner, ray_verbosity)
+        return tuner
+    # new, or stopped before Tune saved anything: start it (again) with its settings
+    scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=s.max_epochs, grace_period=s.grace_period,
+                               reduction_factor=s.reduction_factor)
+                 if s.scheduler == "asha" else FIFOScheduler())
+    search = build_search(s.search, SWEEP_METRIC, SWEEP_MODE, s.seed, storage.local, s.name, s.max_epochs,
+                          s.num_samples)
+    max_concurrent = s.max_concurrent or cluster.trial_concurrency(s.cpus_per_trial, s.gpus_per_trial, workers,
+                                                                   ray_cluster.resources)
+    return tune.Tuner(
+        trainable,
+        param_space=job.space.to_tune(),
+        tune_config=tune.TuneConfig(metric=SWEEP_METRIC, mode=SWEEP_MODE, search_alg=search, scheduler=scheduler,
+                                    num_samples=s.num_samples, max_concurrent_trials=max_concurrent,
+                                    reuse_actors=workers == 1,
+                                    trial_dirname_creator=saved_state.trial_dirname),
+        run_config=tune.RunConfig(
+            name=s.name, storage_path=storage.ray_path,
+            # every checkpoint kept by Tune: saved_state.CommittedState deletes those no commit needs
+            checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=SWEEP_METRIC,
+                                                    checkpoint_score_order=SWEEP_MODE),
+            failure_config=tune.FailureConfig(max_failures=s.max_failures),
+            callbacks=[saved_state.CommittedState(), TBXLoggerCallback(), tune_callbacks.StopWhenSaved(),
+                       tune_callbacks.Progress(s.max_epochs)],
+            verbose=ray_verbosity),
+    )
+
+
+def fit(tuner, job: Prepared, interrupts: Interrupts):
+    """Step 6. Tune runs the trials; returns its ResultGrid, or None when a second signal stopped it at once."""
+    import ray
+
+    from segtune.search import fail_running
+
+    try:
+        results = tuner.fit()
+    except KeyboardInterrupt:  # a second signal: no final snapshot, the last periodic one stands
+        print(f"stopped at once; continue from the last saved state with  {resume_command(job.settings, job.storage)}",
+              file=sys.stderr, flush=True)
+        ray.shutdown()
+        return None
+    if job.settings.search == "optuna" and interrupts.received is None:
+        fail_running(job.storage.local, job.settings.name)  # errored trials: not resumed any more
+    return results
+
+
+def summarise(results, job: Prepared, interrupted: bool) -> dict[str, Any]:
+    """Step 7. trials.csv, best_config.yaml and summary.json."""
+    from segtune import results as sweep_results
+
+    return sweep_results.summarise(results, list(job.space.searched), job.base, job.settings.max_epochs,
+                                   job.storage.local, interrupted=interrupted,
+                                   resume_command=resume_command(job.settings, job.storage))
+
+
+def final_test(results, job: Prepared, summary: dict[str, Any]) -> dict[str, Any]:
+    """Step 8. The best checkpoint evaluated once on the test split, with one trial's resources."""
+    from segtune.final_test import run_final_test
+    from segtune.results import best_checkpoint, best_trial, write_summary
+
+    print("final test: the best checkpoint on the test split ...", flush=True)
+    s = job.settings
+    metrics = run_final_test(best_checkpoint(best_trial(results)), job.tests, int(summary["best_config"]["image_size"]),
+                             s.cpus_per_trial, s.gpus_per_trial, job.storage.local, summary.get("best_trial_id"))
+    write_summary({**summary, "final_test": metrics}, job.storage.local)  # again, with the final test's figures
+    return metrics
+
+
+def report(job: Prepared, summary: dict[str, Any]) -> None:
+    """Step 9. report.md and its plots (a failure here must not cost the sweep's summary: it is shown, with how
+    to retry), results uploaded to a URI storage, the summary printed, Ray shut down."""
+    import ray
+
+    from segtune.report import build_report
+    from segtune.results import format_summary
+
+    experiment = job.storage.local
+    try:
+        print(f"report: {build_report(experiment)}", flush=True)
+    except Exception:  # noqa: BLE001 - a bug, shown with its traceback
+        traceback.print_exc()
+        print(f"the report failed (above); rebuild it with  python tune_main.py --report {experiment}",
+              file=sys.stderr, flush=True)
+    job.storage.upload()
+    print(format_summary(summary), flush=True)
+    ray.shutdown()
