@@ -43,9 +43,8 @@ class HParamsCallback(pl.Callback):
         if writer is None or self._written or trainer.global_rank != 0:
             return
         experiment, session_start, session_end = hparams(self.config, {m: 0.0 for m in self.metrics})
-        file_writer = writer._get_file_writer()
-        for summary in (experiment, session_start, session_end):
-            file_writer.add_summary(summary)
+        for summary in (experiment, session_start, session_end):  # SummaryWriter opens its file_writer at once
+            writer.file_writer.add_summary(summary)
         self._written = True
 
 
