@@ -1,5 +1,5 @@
-"""What a sweep started with, and how it continues: ``sweep.yaml`` (the flags), ``space.yaml`` (the space), and the
-rules for ``--resume``.
+"""What a sweep runs with: ``SweepSettings`` (its flags, one typed value), saved as ``sweep.yaml`` next to
+``space.yaml`` (the space), and the rules for ``--resume``, which reads them back.
 
 Neither file ends in .json or .pkl: on a resumed run Ray copies every such file of the experiment folder into its
 staging folder and keeps uploading it back, rewriting it in place, so a machine lost mid-upload truncates it."""
