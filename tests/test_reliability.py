@@ -106,20 +106,26 @@ def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(tmp_path
     experiment = storage / name
     resume = ["tune_main.py", "--resume", "--storage-path", str(storage), "--name", name]
     snapshots = []
-    # (signal, to the process group or the driver alone, the point to send it at, what the command starts)
+    # (signal, to the process group or the driver alone, the point to send it at, what the command starts). Each
+    # point is counted from what the run started with: a sweep's trials can be fast enough that the previous run's
+    # graceful stop finished some, and a signal sent before the driver's handlers are in place proves nothing. One
+    # trial at a time, so a graceful stop finishes at most one: every point still has trials left to run.
     points = [
-        (signal.SIGINT, "group", lambda: epochs_reported(experiment) >= 1, "the first epoch result",
-         flags(tmp_path / "data", storage, name, "--num-samples", "5", "--scheduler", "fifo")),
-        (signal.SIGTERM, "driver", lambda: trials_done(experiment) >= 2, "two trials finished", resume),
-        (signal.SIGKILL, "group", None, "a new result line", resume),
+        (signal.SIGINT, "group", lambda done, before: before >= 1, "the first epoch result",
+         flags(tmp_path / "data", storage, name, "--num-samples", "5", "--scheduler", "fifo", "--max-concurrent",
+               "1")),
+        (signal.SIGTERM, "driver", lambda done, before: done >= 1, "a trial finished in this run", resume),
+        # SIGKILL lands right after a result becomes visible: the moment a lost machine loses the most
+        (signal.SIGKILL, "group", lambda done, before: before >= 1, "a new result line in this run", resume),
     ]
     for run, (sig, target, condition, what, argv) in enumerate(points):
         log = tmp_path / f"run{run}.log"
-        before = epochs_reported(experiment) if experiment.exists() else 0
+        epochs_at_start = epochs_reported(experiment) if experiment.exists() else 0
+        done_at_start = trials_done(experiment) if experiment.exists() else 0
         driver = start(argv, log)
         try:
-            # SIGKILL lands right after a result becomes visible: the moment a lost machine loses the most
-            wait_for(driver, condition or (lambda before=before: epochs_reported(experiment) > before), log, what)
+            wait_for(driver, lambda condition=condition, e=epochs_at_start, d=done_at_start: condition(
+                trials_done(experiment) - d, epochs_reported(experiment) - e), log, what)
             if target == "group":  # what Ctrl-C does in a terminal; SIGKILL: the machine is gone
                 os.killpg(driver.pid, sig)
             else:  # what `kill PID` or a cluster's preemption notice does to the driver
