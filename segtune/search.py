@@ -84,20 +84,22 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     def write_committed(self, committed: dict[str, int]) -> None:
         """Tell Optuna the values and endings whose result rows are now committed (``committed``: each trial's
         committed epochs). Written again after a resume, a value or ending Optuna already holds is left as is."""
+        ready = [key for key in self._unwritten if key[1] <= committed.get(key[0], 0)]
+        endings = [t for t, (step, _, _) in self._untold.items() if step <= committed.get(t, 0)]
+        if not ready and not endings:
+            return
         study, trials = compat.study_of(self), compat.optuna_trials(self)
-        frozen = None
-        for (trial_id, step), value in sorted(self._unwritten.items()):
-            if step <= committed.get(trial_id, 0):
-                frozen = frozen or study.get_trials(deepcopy=False)
-                if step not in frozen[trials[trial_id].number].intermediate_values:
-                    trials[trial_id].report(value, step)
-                del self._unwritten[(trial_id, step)]
-        for trial_id, (step, state, value) in sorted(self._untold.items()):
-            if step <= committed.get(trial_id, 0) and not any(t == trial_id for t, _ in self._unwritten):
-                number = trials[trial_id].number
-                if not study.get_trials(deepcopy=False)[number].state.is_finished():
-                    study.tell(number, value, state=state)
-                del self._untold[trial_id]
+        stored = study.get_trials(deepcopy=False)  # read once: what this call writes does not change what it checks
+        for trial_id, step in sorted(ready):
+            if step not in stored[trials[trial_id].number].intermediate_values:
+                trials[trial_id].report(self._unwritten[(trial_id, step)], step)
+            del self._unwritten[(trial_id, step)]
+        waiting = {trial_id for trial_id, _ in self._unwritten}  # values not yet committed: the ending waits too
+        for trial_id in sorted(set(endings) - waiting):
+            _, state, value = self._untold.pop(trial_id)
+            number = trials[trial_id].number
+            if not stored[number].state.is_finished():
+                study.tell(number, value, state=state)
 
 
 def complete_params(trial: optuna.trial.Trial, space: dict) -> None:
