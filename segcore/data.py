@@ -193,9 +193,13 @@ class PetsDataModule(pl.LightningDataModule):
 
     def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
         workers = self.cfg.num_workers
+        # Under DDP each process sees its share of the set: dropping the last partial batch of a share smaller than
+        # one batch would leave an epoch with no step at all (and a trial that never reports).
+        ranks = self.trainer.world_size if self.trainer is not None else 1
+        share = -(-len(dataset) // ranks)
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=workers,
                           collate_fn=collate, pin_memory=self.pin_memory, persistent_workers=workers > 0,
-                          drop_last=shuffle and len(dataset) > self.cfg.batch_size)
+                          drop_last=shuffle and share > self.cfg.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

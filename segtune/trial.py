@@ -49,6 +49,7 @@ class ReportEachEpoch(pl.Callback):
     def __init__(self, report: Callable, checkpoint_cls: type, extra: dict[str, Any]):
         self.report, self.checkpoint_cls, self.extra = report, checkpoint_cls, extra
         self.stopped = False  # Tune stopped the trial (see stopped_by_tune)
+        self.reports = 0
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
@@ -59,6 +60,7 @@ class ReportEachEpoch(pl.Callback):
             trainer.save_checkpoint(os.path.join(folder, CHECKPOINT_FILE))  # every rank: it may synchronise
             checkpoint = self.checkpoint_cls.from_directory(folder) if trainer.global_rank == 0 else None
             try:
+                self.reports += 1
                 self.report(metrics, checkpoint=checkpoint)
             except SystemExit:
                 if trainer.world_size > 1:
@@ -88,15 +90,23 @@ def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, **train
     try:
         if resume_from is None:
             trainer.fit(module, datamodule=datamodule)
-            return
-        with resume_from.as_directory() as folder:  # an interrupted trial continues from its last epoch
-            trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, CHECKPOINT_FILE))
+        else:
+            with resume_from.as_directory() as folder:  # an interrupted trial continues from its last epoch
+                trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, CHECKPOINT_FILE))
     except DivergedError as err:
         # An outcome of the hyperparameters, not a failure to retry: the trial ends with a NaN val/iou, which the
         # search records as failed and no best-trial choice can pick.
         # (every DDP rank reports, as Ray Train expects of each epoch's report)
         print(f"trial diverged: {err}", flush=True)
         report.report({SWEEP_METRIC: math.nan, DIVERGED: 1, EPOCH: err.epoch, **report.extra})
+        return
+    if not report.reports and not report.stopped and trainer.current_epoch < trainer.max_epochs:
+        # Lightning skips an epoch without batches with a warning only; Tune would then fail the trial with a
+        # message about a missing metric that says nothing of the cause. (A trial resumed from its last epoch's
+        # checkpoint, when a kill came between that epoch's report and the trial's end, has nothing left to run.)
+        raise RuntimeError(f"the trial ran no epoch: Lightning found no training batch to run "
+                           f"({len(datamodule.train_set)} training images, batch_size {cfg.batch_size}, "
+                           f"{trainer.world_size} process(es))")
 
 
 def quiet() -> None:
