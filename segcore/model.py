@@ -64,6 +64,7 @@ class SegmentationModule(pl.LightningModule):
         if cfg.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.val_sample: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
+        self._eval_loss_sum: torch.Tensor | float = 0.0  # this evaluation's loss, summed on the device
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "SegmentationModule":
@@ -112,6 +113,7 @@ class SegmentationModule(pl.LightningModule):
         else:
             self.metrics[stage].update(logits, masks)
             self.log(stage_metric(stage, "loss"), loss, on_epoch=True, batch_size=batch_size, sync_dist=True)
+            self._eval_loss_sum = self._eval_loss_sum + loss.detach()  # a tensor: no host sync per step
             if stage == "val" and self.val_sample is None:
                 n = min(4, batch_size)
                 self.val_sample = (images[:n].detach().cpu(), masks[:n].detach().cpu(),
@@ -157,8 +159,18 @@ class SegmentationModule(pl.LightningModule):
         if not self.trainer.sanity_checking:
             self._check_finite()
         self.val_sample = None
+        self._eval_loss_sum = torch.zeros((), device=self.device)
 
     def on_validation_epoch_end(self) -> None:
+        # The last step of an epoch can leave non-finite weights behind a finite training loss (the loss is
+        # computed before the update): the validation loss shows it before the epoch reports a meaningless score.
+        # One reduction per epoch, so that every DDP rank stops together.
+        if not self.trainer.sanity_checking:
+            total = self.trainer.strategy.reduce(self._eval_loss_sum, reduce_op="sum")
+            if not torch.isfinite(total):
+                raise DivergedError(f"validation loss is {float(total)} at epoch {self.current_epoch + 1}: "
+                                    f"lr={self.cfg.lr}, optimizer={self.cfg.optimizer} diverged",
+                                    epoch=self.current_epoch + 1)
         self._log_epoch_metrics("val")
 
     def on_test_epoch_end(self) -> None:

@@ -220,6 +220,26 @@ def test_nan_training_loss_raises_diverged_error_during_fit(tiny_config, tmp_pat
     assert not math.isfinite(float(module._last_loss))
 
 
+def test_weights_ruined_by_an_epochs_last_step_are_diverged_before_validation_reports(tiny_config, tmp_path):
+    """One step per epoch: its loss is computed before the update that ruins the weights, so only the validation
+    loss shows it, and the epoch must not report a score computed from NaN logits."""
+    cfg = tiny_config.replace(optimizer="sgd", lr=1e38, scheduler="none", batch_size=64, epochs=2)
+    pl.seed_everything(0, verbose=False)
+    module = SegmentationModule(cfg)
+    reported = []
+
+    class Record(pl.Callback):  # where a sweep trial reports an epoch (segtune.trial.ReportEachEpoch)
+        def on_train_epoch_end(self, trainer, pl_module):
+            reported.append(dict(trainer.callback_metrics))
+
+    trainer = make_trainer(cfg, tmp_path, logger=False, checkpoint=False, enable_progress_bar=False,
+                           enable_model_summary=False, callbacks=[Record()])
+    with pytest.raises(DivergedError, match="validation loss is nan at epoch 1"):
+        trainer.fit(module, datamodule=PetsDataModule(cfg))
+    assert math.isfinite(float(module._last_loss))  # the training loss alone would not have caught it
+    assert reported == []
+
+
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
 def test_check_finite_raises_on_non_finite_loss(value):
     module = make_module(arch="fpn", encoder="resnet18")
