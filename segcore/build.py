@@ -103,6 +103,10 @@ def quiet_lightning() -> None:
     # frozen parts are in eval mode on purpose (their BatchNorm statistics must not move)
     warnings.filterwarnings("ignore", message=".*module\\(s\\) in eval mode at the start of training.*")
     warnings.filterwarnings("ignore", message=".*`isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
+    # the epoch metrics are torchmetrics states that compute() already gathers from every DDP rank, and the lr is
+    # the same on each: syncing them again would only cost a collective per value
+    warnings.filterwarnings("ignore", message=".*It is recommended to use `self.log\\('(val|test)/(iou|per_image_iou|"
+                                              "dice|per_image_dice)'.*|.*It is recommended to use `self.log\\('lr'.*")
 
 
 def load_module(checkpoint: Path, map_location: str = "cpu") -> SegmentationModule:
