@@ -83,12 +83,12 @@ def test_sweep_on_two_nodes_uses_both_and_driver_weights(two_nodes, fake_hf_cach
         assert torch.equal(module.net.encoder.state_dict()[key], value), key
 
 
-def test_ddp_trials_report_world_size_and_are_stopped_cleanly(two_nodes, tmp_path):
+def test_ddp_trials_report_world_size_and_are_stopped_cleanly(two_nodes, pets_root, tmp_path):
     import ray
     from ray.util import placement_group_table
 
     storage = tmp_path / "results"
-    proc = run_cli("tune_main.py", "--address", two_nodes.address, "--synthetic", "--data-dir", str(tmp_path / "d"),
+    proc = run_cli("tune_main.py", "--address", two_nodes.address, "--data-dir", str(pets_root),
                    "--space", "smoke", "--set", "image_size=64", "--set", f"encoder={SMALL_ENCODER}",
                    "--num-samples", "3", "--max-epochs", "2", "--reduction-factor", "2", "--workers-per-trial", "2",
                    "--cpus-per-trial", "0.5", "--storage-path", str(storage), "--name", "ddp", timeout=900)

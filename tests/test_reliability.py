@@ -28,7 +28,8 @@ MAX_EPOCHS = 3
 
 
 def flags(data: Path, storage: Path, name: str, *extra: str) -> list[str]:
-    return ["tune_main.py", "--synthetic", "--data-dir", str(data), "--space", "smoke", "--set", "image_size=64",
+    """The sweep's command on ``data`` (the suite's small generated set: data size is not what is tested)."""
+    return ["tune_main.py", "--data-dir", str(data), "--space", "smoke", "--set", "image_size=64",
             "--set", f"encoder={SMALL_ENCODER}", "--set", "batch_size=8", "--max-epochs", str(MAX_EPOCHS),
             "--storage-path", str(storage), "--name", name, "--seed", "1", *extra]
 
@@ -96,7 +97,7 @@ def damage_tunes_own_state_files(experiment: Path) -> list[str]:
     return damaged
 
 
-def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(tmp_path):
+def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(pets_root, tmp_path):
     """SIGINT, SIGTERM and SIGKILL at three points of one sweep, Tune's own state files damaged as a kill mid-upload
     does, then --resume to the end. "Nothing lost, nothing repeated" is bench/kill_anywhere.check_sweep: every
     result row visible after an interruption is still there after the sweep, unchanged in every field (timestamp
@@ -112,7 +113,7 @@ def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(tmp_path
     # trial at a time, so a graceful stop finishes at most one: every point still has trials left to run.
     points = [
         (signal.SIGINT, "group", lambda done, before: before >= 1, "the first epoch result",
-         flags(tmp_path / "data", storage, name, "--num-samples", "5", "--scheduler", "fifo", "--max-concurrent",
+         flags(pets_root, storage, name, "--num-samples", "5", "--scheduler", "fifo", "--max-concurrent",
                "1")),
         (signal.SIGTERM, "driver", lambda done, before: done >= 1, "a trial finished in this run", resume),
         # SIGKILL lands right after a result becomes visible: the moment a lost machine loses the most
@@ -178,12 +179,12 @@ def fault_env(tmp_path):
     return faults, {"PYTHONPATH": path, "SEGSWEEP_TEST_FAULT_DIR": str(faults)}
 
 
-def test_raising_trial_is_retried_from_its_checkpoint_and_nan_trials_end_diverged(tmp_path, fault_env):
+def test_raising_trial_is_retried_from_its_checkpoint_and_nan_trials_end_diverged(pets_root, tmp_path, fault_env):
     faults, env = fault_env
     space = tmp_path / "nan.yaml"
     space.write_text(NAN_SPACE)
     storage, name = tmp_path / "results", "retry"
-    argv = flags(tmp_path / "data", storage, name, "--num-samples", "4", "--scheduler", "fifo",
+    argv = flags(pets_root, storage, name, "--num-samples", "4", "--scheduler", "fifo",
                  "--max-failures", "1", "--search", "random", "--seed", "3", "--verbose")
     argv[argv.index("smoke")] = str(space)
     proc = run_cli(*argv, env=env, timeout=600)
@@ -212,10 +213,11 @@ def test_raising_trial_is_retried_from_its_checkpoint_and_nan_trials_end_diverge
     assert not states  # --search random keeps no Optuna study
 
 
-def test_raising_trial_without_retries_is_errored_with_its_traceback_and_the_sweep_goes_on(tmp_path, fault_env):
+def test_raising_trial_without_retries_is_errored_with_its_traceback_and_the_sweep_goes_on(pets_root, tmp_path,
+                                                                                             fault_env):
     faults, env = fault_env
     storage, name = tmp_path / "results", "errored"
-    proc = run_cli(*flags(tmp_path / "data", storage, name, "--num-samples", "3", "--scheduler", "fifo"),
+    proc = run_cli(*flags(pets_root, storage, name, "--num-samples", "3", "--scheduler", "fifo"),
                    env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     experiment = storage / name
