@@ -133,11 +133,25 @@ def trial_dirname(trial) -> str:
     return f"{TRIAL_PREFIX}{trial.trial_id}"
 
 
+_committed_counts: Optional[dict[str, int]] = None  # the last commit's (or the resumed one's) counts, as announced
+
+
 def after_commit(listener: Callable[[dict[str, int]], None]) -> None:
     """Call ``listener`` (one per sweep: its searcher) after each commit with every trial's committed rows (Tune
-    trial id -> count): the searcher tells Optuna what is committed, no more."""
+    trial id -> count): the searcher tells Optuna what is committed, no more. A commit already made in this process
+    (the one a resumed sweep starts from) is announced to it at once: a kill can come between a commit and its
+    announcement, and a resumed run may end without committing anything new."""
     global _after_commit
     _after_commit = listener
+    if _committed_counts is not None:
+        listener(_committed_counts)
+
+
+def _announce(counts: dict[str, int]) -> None:
+    global _committed_counts
+    _committed_counts = {t.removeprefix(TRIAL_PREFIX): n for t, n in counts.items()}
+    if _after_commit is not None:
+        _after_commit(_committed_counts)
 
 
 EXPERIMENT: Optional[str] = None  # this run's experiment folder or URI, set by tune_main (Tune pickles callbacks
@@ -171,6 +185,10 @@ class CommittedState(tune.Callback):
             if numbers else {}  # resumed: restore() has cut every result.json back to these counts
         self._counts = {trial: entry["count"] for trial, entry in committed.items()}  # trial folder -> rows
         self._checkpoints = {trial: entry.get("checkpoints", []) for trial, entry in committed.items()}
+        global _committed_counts
+        _committed_counts = None  # nothing of another experiment run in this process
+        if numbers:
+            _announce(self._counts)
 
     def _folder(self, number: int) -> str:
         return _join(self._path, STATE_DIR, f"{number:08d}")
@@ -260,8 +278,7 @@ class CommittedState(tune.Callback):
         self._changed, self._committed_at = False, time.monotonic()
         for trial, new in pending.items():  # visible only now that they are committed
             _append_rows(self._fs, _join(self._path, trial, RESULT_FILE), new)
-        if _after_commit is not None:
-            _after_commit({t.removeprefix(TRIAL_PREFIX): n for t, n in counts.items()})
+        _announce(counts)
         for trial, listed in checkpoints.items():  # no commit from this one on needs the others
             for entry in listed:
                 if entry not in kept[trial]:

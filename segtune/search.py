@@ -75,11 +75,27 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             # Left RUNNING for now: a trial that errored because its job was preempted continues on --resume and
             # is told then. A sweep that ends without interruption tells what is still running FAIL (fail_running).
             return None
+        if result and result.get(self.metric) is None:
+            # A trial restarted from its last epoch's checkpoint (a kill came between its last report and its end)
+            # ends without reporting again: its outcome is that of its last reported epoch.
+            result = {**result, **self._last_reported(trial_id)}
         if result:  # Tune hands a trial's final result here, not to on_trial_result
             self.on_trial_result(trial_id, result)
         state, value = outcome(result, error, self.metric, self.time_attr, self.max_t)
         self._untold[trial_id] = (int((result or {}).get(self.time_attr) or 0), state, value)
         completed.add(trial_id)
+
+    def _last_reported(self, trial_id: str) -> dict[str, Any]:
+        """{time_attr: step, metric: value} of the trial's last reported epoch (waiting here or already told to
+        Optuna), or {} if it reported none."""
+        steps = {step: value for (t, step), value in self._unwritten.items() if t == trial_id}
+        if not steps:
+            number = compat.optuna_trials(self)[trial_id].number
+            steps = compat.study_of(self).get_trials(deepcopy=False)[number].intermediate_values
+        if not steps:
+            return {}
+        last = max(steps)
+        return {self.time_attr: last, self.metric: steps[last]}
 
     def write_committed(self, committed: dict[str, int]) -> None:
         """Tell Optuna the values and endings whose result rows are now committed (``committed``: each trial's

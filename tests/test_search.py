@@ -71,6 +71,46 @@ def test_optuna_is_told_only_what_is_committed_and_a_lost_epoch_is_told_as_it_ra
     assert trial.value == 0.6 and len(study_trials(tmp_path)) == 1
 
 
+@pytest.mark.parametrize("told_before_the_kill", [False, True], ids=["values-waiting", "values-told"])
+def test_a_trial_resumed_after_its_last_epoch_ends_with_that_epochs_value(tmp_path, told_before_the_kill):
+    """Killed between its last report (committed) and its end: resumed from its last epoch's checkpoint, the trial
+    runs nothing and ends with a final result that holds no metric. Its outcome is still its last epoch's."""
+    search = make_searcher(tmp_path)
+    search.suggest("a")
+    for epoch, value in enumerate([0.2, 0.5, 0.7], start=1):
+        search.on_trial_result("a", {SWEEP_METRIC: value, EPOCH: epoch})
+    if told_before_the_kill:
+        search.write_committed({"a": 3})
+    search.save(str(tmp_path / "searcher.pkl"))
+    resumed = make_searcher(tmp_path)
+    resumed.restore(str(tmp_path / "searcher.pkl"))
+    resumed.on_trial_complete("a", {"done": True, "trial_id": "a"})  # what Tune hands over: no metric, no epoch
+    resumed.write_committed({"a": 3})
+    trial = study_trials(tmp_path)[0]
+    assert trial.state == S.COMPLETE and trial.value == 0.7
+    assert trial.intermediate_values == {1: 0.2, 2: 0.5, 3: 0.7}
+
+
+def test_what_a_resumed_searcher_holds_of_the_commit_it_resumes_from_is_told_without_a_new_commit(tmp_path):
+    """A kill between a commit and the searcher's writes, then a resumed run that commits nothing new (its last
+    trial had already ended): the resumed searcher still tells Optuna what that commit holds."""
+    from segtune import saved_state
+
+    search = make_searcher(tmp_path)
+    search.suggest("a")
+    search.on_trial_result("a", {SWEEP_METRIC: 0.2, EPOCH: 1})
+    search.on_trial_complete("a", {SWEEP_METRIC: 0.3, EPOCH: 2})
+    search.save(str(tmp_path / "searcher.pkl"))  # committed with the rows; killed before write_committed
+    try:
+        saved_state._announce({"trial_a": 2})  # what CommittedState.setup announces of the commit it resumes from
+        resumed = make_searcher(tmp_path)
+        resumed.restore(str(tmp_path / "searcher.pkl"))
+        trial = study_trials(tmp_path)[0]
+        assert trial.state == S.PRUNED and trial.intermediate_values == {1: 0.2, 2: 0.3}
+    finally:
+        saved_state._committed_counts = None
+
+
 def test_proposal_asked_after_the_last_snapshot_is_reused_on_resume(tmp_path):
     search = make_searcher(tmp_path)
     first = search.suggest("a")
