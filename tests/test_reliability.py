@@ -97,7 +97,7 @@ def damage_tunes_own_state_files(experiment: Path) -> list[str]:
     return damaged
 
 
-def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(pets_root, tmp_path):
+def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(tmp_path):
     """SIGINT, SIGTERM and SIGKILL at three points of one sweep, Tune's own state files damaged as a kill mid-upload
     does, then --resume to the end. "Nothing lost, nothing repeated" is bench/kill_anywhere.check_sweep: every
     result row visible after an interruption is still there after the sweep, unchanged in every field (timestamp
@@ -110,11 +110,13 @@ def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(pets_roo
     # (signal, to the process group or the driver alone, the point to send it at, what the command starts). Each
     # point is counted from what the run started with: a sweep's trials can be fast enough that the previous run's
     # graceful stop finished some, and a signal sent before the driver's handlers are in place proves nothing. One
-    # trial at a time, so a graceful stop finishes at most one: every point still has trials left to run.
+    # trial at a time, so a graceful stop finishes at most one: every point still has trials left to run. The data
+    # is the generated default (74 images, not the suite's 24): epochs of about a second, so that trials outlast
+    # the commits (every 2 s) that make their rows visible and a signal finds them running.
     points = [
         (signal.SIGINT, "group", lambda done, before: before >= 1, "the first epoch result",
-         flags(pets_root, storage, name, "--num-samples", "5", "--scheduler", "fifo", "--max-concurrent",
-               "1")),
+         flags(tmp_path / "data", storage, name, "--synthetic", "--num-samples", "5", "--scheduler", "fifo",
+               "--max-concurrent", "1")),
         (signal.SIGTERM, "driver", lambda done, before: done >= 1, "a trial finished in this run", resume),
         # SIGKILL lands right after a result becomes visible: the moment a lost machine loses the most
         (signal.SIGKILL, "group", lambda done, before: before >= 1, "a new result line in this run", resume),
