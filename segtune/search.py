@@ -9,6 +9,7 @@ import optuna
 from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
+from segcore.metrics_names import EPOCH
 from segtune import compat, saved_state
 from segtune.storage import OPTUNA_DB
 
@@ -26,7 +27,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     commit would leave Optuna a value of an epoch that runs again after --resume, with another value.
     """
 
-    def __init__(self, *args, max_t: int, time_attr: str = "training_iteration", **kwargs):
+    def __init__(self, *args, max_t: int, time_attr: str = EPOCH, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_t = max_t
         self.time_attr = time_attr
@@ -166,5 +167,7 @@ def build_search(kind: str, metric: str, mode: str, seed: int, experiment_dir: P
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # its per-trial INFO lines would drown the status line
     # TPE starts modelling after a few random trials; scale that with the budget so small sweeps still use it
     sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, min(10, num_samples // 3)))
+    # Steps are epochs, as for ASHA: Tune's training_iteration counts reports, and runs ahead of the epochs when a
+    # trial continues from a full state older than its latest checkpoint (segtune.checkpoint_policy)
     return PrunedAwareOptunaSearch(metric=metric, mode=mode, sampler=sampler, study_name=study_name,
-                                   storage=optuna_storage(experiment_dir), max_t=max_t)
+                                   storage=optuna_storage(experiment_dir), max_t=max_t, time_attr=EPOCH)

@@ -111,6 +111,23 @@ def test_what_a_resumed_searcher_holds_of_the_commit_it_resumes_from_is_told_wit
         saved_state._committed_counts = None
 
 
+def test_the_sweeps_searcher_counts_epochs_not_tunes_reports(tmp_path):
+    """A trial continued from a full state older than its latest checkpoint reports its epochs again while Tune's
+    training_iteration goes on counting: Optuna's steps must be the epochs, as the rows say."""
+    from segtune.search import build_search
+
+    search = build_search("optuna", SWEEP_METRIC, SWEEP_MODE, 0, tmp_path, "s", max_t=3, num_samples=2)
+    search.set_search_properties(SWEEP_METRIC, SWEEP_MODE, load_space("smoke").to_tune())
+    search.suggest("a")
+    # reported epochs 1-3, then continued from epoch 1's full state: epochs 2 and 3 again, as reports 4 and 5
+    for iteration, (epoch, value) in enumerate([(1, 0.2), (2, 0.3), (3, 0.1), (2, 0.35)], start=1):
+        search.on_trial_result("a", {SWEEP_METRIC: value, EPOCH: epoch, "training_iteration": iteration})
+    search.on_trial_complete("a", {SWEEP_METRIC: 0.4, EPOCH: 3, "training_iteration": 5})
+    search.write_committed({"a": 3})
+    trial = study_trials(tmp_path)[0]
+    assert trial.intermediate_values == {1: 0.2, 2: 0.35, 3: 0.4} and trial.state == S.COMPLETE
+
+
 def test_proposal_asked_after_the_last_snapshot_is_reused_on_resume(tmp_path):
     search = make_searcher(tmp_path)
     first = search.suggest("a")
