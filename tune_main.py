@@ -57,6 +57,12 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=default(D.max_concurrent),
                    help="trials at once (default: as resources allow)")
     p.add_argument("--max-failures", type=int, default=default(D.max_failures), help="retries of a trial that raises")
+    p.add_argument("--checkpoint-every", default=default(D.checkpoint_every), metavar="auto|N|Nm",
+                   help="how often a trial writes its full training state (what a kill or a retry continues from): "
+                        "every N epochs, every N minutes, or auto: when writing it costs under a tenth of the "
+                        "training since the last one (every epoch when an epoch takes long; every few when epochs "
+                        "take seconds). A kill costs each running trial the epochs since its last full state. The "
+                        "weights alone are written whenever val/iou improves. DDP trials write it every epoch")
     p.add_argument("--storage-path", default=default(D.storage_path),
                    help="where experiments are kept: a local or shared path, or an s3:// / gs:// URI")
     p.add_argument("--name", default=default(D.name), help="experiment name: <storage-path>/<name>")

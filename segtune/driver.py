@@ -28,6 +28,7 @@ from segcore.errors import UserError
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune import cluster, prepare, saved_state
 from segtune.assets import SweepAssets, build_assets
+from segtune.checkpoint_policy import CheckpointPolicy
 from segtune.interrupts import Interrupts
 from segtune.settings import SweepSettings, resume_command, save_settings, settings_for
 from segtune.spaces import Space, load_space
@@ -144,6 +145,8 @@ def plan(job: Prepared) -> str:
              f"search {s.search} (seed {s.seed}), {s.num_samples} samples, scheduler {sched}",
              f"metric {SWEEP_METRIC} ({SWEEP_MODE}); per trial {s.cpus_per_trial:g} CPU, "
              f"{s.gpus_per_trial:g} GPU{workers}; max concurrent {s.max_concurrent or 'as resources allow'}",
+             "checkpoints: " + (CheckpointPolicy(epochs=1) if s.workers_per_trial > 1 else
+                                CheckpointPolicy.parse(s.checkpoint_every)).describe() + ", best weights",
              f"resources: {job.resources}", *job.notes, f"experiment: {job.storage.shown}"]
     return "\n".join(lines)
 
@@ -174,7 +177,7 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
     workers = s.workers_per_trial
     trainable = tune.with_parameters(train_trial, base=job.base, cpus=s.cpus_per_trial, gpus=s.gpus_per_trial,
                                      workers=workers, assets_ref=[ray.put(job.assets)],
-                                     storage=storage.ray_path_of_experiment)
+                                     storage=storage.ray_path_of_experiment, checkpoint_every=s.checkpoint_every)
     # A DDP trial's own process only coordinates (a sliver of a CPU); its Ray Train workers hold the CPUs / GPUs.
     trial_resources = ({"cpu": cluster.DDP_DRIVER_CPU} if workers > 1
                        else {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial})

@@ -40,6 +40,7 @@ from ray import tune
 
 from segcore.errors import UserError
 from segcore.metrics_names import SWEEP_METRIC
+from segtune.checkpoint_policy import FULL, KIND_KEY
 from segtune.results import finite
 from segtune.storage import DRIVER_FILES
 
@@ -222,21 +223,21 @@ class CommittedState(tune.Callback):
         self._awaiting.pop(self._trial_folder(trial), None)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        from ray.tune.result import SHOULD_CHECKPOINT
         from ray.tune.utils.util import SafeFallbackEncoder
 
-        row = json.dumps(result, cls=SafeFallbackEncoder)
-        if result.get(SHOULD_CHECKPOINT):  # Tune registers its checkpoint in a later event (a "save" task), and
-            # may save its state in between: committed then, the row's trial would run that epoch again on resume
-            self._awaiting.setdefault(self._trial_folder(trial), []).append(row)
-        else:
-            self._pending.setdefault(self._trial_folder(trial), []).append(row)
+        # A row waits for a full state at or after its epoch (or its trial's end): committed before, a kill would
+        # make the resumed trial run that epoch again. (Tune also registers a reported checkpoint in a later event,
+        # and may save its state in between.)
+        self._awaiting.setdefault(self._trial_folder(trial), []).append(json.dumps(result, cls=SafeFallbackEncoder))
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
-        score = finite((trial.last_result or {}).get(SWEEP_METRIC))
+        result = trial.last_result or {}
+        score = finite(result.get(SWEEP_METRIC))
+        full = result.get(KIND_KEY, FULL) == FULL  # checkpoints written before the policy were all full
         self._new_checkpoints.setdefault(self._trial_folder(trial), []).append(
-            [checkpoint.path, -math.inf if score is None else score])
-        self._release(trial)  # Tune's state, saved from now on, names the checkpoint these rows were reported with
+            [checkpoint.path, -math.inf if score is None else score, full])
+        if full:  # Tune's state, saved from now on, names the full state these rows' trial continues from
+            self._release(trial)
 
     def _release(self, trial) -> None:
         rows = self._awaiting.pop(self._trial_folder(trial), [])
@@ -293,13 +294,16 @@ class CommittedState(tune.Callback):
 
 
 def needed(checkpoints: list[list]) -> list[list]:
-    """Of a trial's checkpoints ([path, score], oldest first): the latest (to continue from) and the best (what the
-    sweep's best trial is tested and predicted with)."""
+    """Of a trial's checkpoints ([path, score, full], oldest first; without ``full``: written before the checkpoint
+    policy, each full): the latest (Tune's state names it), the latest full state (what the trial continues from)
+    and the best (what the sweep's best trial is tested and predicted with), oldest first."""
     if not checkpoints:
         return []
     latest = checkpoints[-1]
     best = max(reversed(checkpoints), key=lambda c: c[1])  # the latest of equally good ones
-    return [best, latest] if best is not latest else [latest]
+    full = next((c for c in reversed(checkpoints) if len(c) < 3 or c[2]), None)
+    keep = {id(c) for c in (latest, best, full) if c is not None}
+    return [c for c in checkpoints if id(c) in keep]
 
 
 def _delete_dir(fs, path: str) -> None:

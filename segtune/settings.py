@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional
 
 from segcore.config import build_checked
 from segcore.errors import UserError
+from segtune.checkpoint_policy import CheckpointPolicy
 from segtune.storage import SETTINGS_FILE, SPACE_FILE, Storage, write_text_atomic
 
 LEGACY_SETTINGS_FILE = "sweep.json"  # what earlier versions wrote: still read
@@ -50,6 +51,7 @@ class SweepSettings:
     workers_per_trial: int = 1
     max_concurrent: Optional[int] = None
     max_failures: int = 0
+    checkpoint_every: str = "auto"
     storage_path: str = "results"
     name: str = "sweep"
     resume: bool = False
@@ -105,6 +107,10 @@ class SweepSettings:
             p.append(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
         if self.max_failures < 0:
             p.append(f"--max-failures must be >= 0, got {self.max_failures}")
+        try:
+            CheckpointPolicy.parse(self.checkpoint_every)
+        except ValueError as err:
+            p.append(f"--checkpoint-every {err}")
         return p
 
     @property

@@ -11,7 +11,8 @@ import math
 import os
 import socket
 import tempfile
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Optional
 
 import pytorch_lightning as pl
 import ray
@@ -23,6 +24,8 @@ from segcore.config import TrainConfig
 from segcore.data import PetsDataModule
 from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segcore.model import DivergedError
+from segtune import checkpoint_policy as policies
+from segtune.checkpoint_policy import FULL, WEIGHTS, CheckpointClock, CheckpointPolicy
 from segtune.spaces import to_config_values
 from segtune.storage import CHECKPOINT_FILE
 
@@ -39,34 +42,66 @@ def placement(world_size: int) -> dict[str, Any]:
             "device": device, "world_size": world_size}
 
 
+EVERY_EPOCH = CheckpointPolicy(epochs=1)  # DDP trials: Ray Train keeps a run's latest checkpoint only
+
+
 class ReportEachEpoch(pl.Callback):
-    """At each epoch end: the epoch's metrics, where it ran, and a Lightning checkpoint, reported to Ray.
+    """At each epoch end: the epoch's metrics, where it ran, and what the checkpoint policy writes (the full state,
+    the weights alone, or nothing; see segtune.checkpoint_policy), reported to Ray.
 
     Runs after validation (Lightning 2 validates before ``on_train_epoch_end``), so a report holds the epoch's
     train loss and validation metrics together.
     """
 
-    def __init__(self, report: Callable, checkpoint_cls: type, extra: dict[str, Any]):
+    def __init__(self, report: Callable, checkpoint_cls: type, extra: dict[str, Any],
+                 policy: CheckpointPolicy = EVERY_EPOCH):
         self.report, self.checkpoint_cls, self.extra = report, checkpoint_cls, extra
+        self.clock = CheckpointClock(policy)
         self.stopped = False  # Tune stopped the trial (see stopped_by_tune)
         self.reports = 0
+        self.best = -math.inf  # the best val/iou so far: its weights are the trial's result
+        self.full_epoch: Optional[int] = None  # the epoch of the last full state written
+
+    def resumed_from(self, meta: dict) -> None:
+        """Continue the schedule of the full state a trial is resumed from."""
+        self.full_epoch = meta.get("epoch")
+        self.best = -math.inf if meta.get("best") is None else meta["best"]
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-        metrics.update(self.extra, **{EPOCH: trainer.current_epoch + 1})
+        epoch = trainer.current_epoch + 1
+        metrics.update(self.extra, **{EPOCH: epoch})
+        value = metrics.get(SWEEP_METRIC, math.nan)
+        improved = math.isfinite(value) and value > self.best
+        if improved:
+            self.best = value
+        kind = FULL if self.clock.full_due(epoch, full_state_bytes(trainer)) else WEIGHTS if improved else None
+        if kind is None:
+            self._report(trainer, metrics, None)
+            return
         with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as folder:
-            trainer.save_checkpoint(os.path.join(folder, CHECKPOINT_FILE))  # every rank: it may synchronise
+            started = time.monotonic()
+            path = os.path.join(folder, CHECKPOINT_FILE)
+            trainer.save_checkpoint(path, weights_only=kind == WEIGHTS)  # every rank: it may synchronise
+            self.full_epoch = epoch if kind == FULL else self.full_epoch
+            policies.write_meta(folder, kind, epoch, self.full_epoch, self.best)
+            nbytes = os.path.getsize(path) if trainer.global_rank == 0 else 0
+            metrics.update({policies.KIND_KEY: kind, policies.BYTES_KEY: nbytes})
             checkpoint = self.checkpoint_cls.from_directory(folder) if trainer.global_rank == 0 else None
-            try:
-                self.reports += 1
-                self.report(metrics, checkpoint=checkpoint)
-            except SystemExit:
-                if trainer.world_size > 1:
-                    raise  # Ray Train ends every rank of a DDP trial itself
-                self.stopped_by_tune(trainer)
-                return
+            self._report(trainer, metrics, checkpoint)  # Ray copies the folder to the trial's storage here
+            self.clock.wrote(nbytes, time.monotonic() - started, kind)
+
+    def _report(self, trainer: pl.Trainer, metrics: dict, checkpoint) -> None:
+        try:
+            self.reports += 1
+            self.report(metrics, checkpoint=checkpoint)
+        except SystemExit:
+            if trainer.world_size > 1:
+                raise  # Ray Train ends every rank of a DDP trial itself
+            self.stopped_by_tune(trainer)
+            return
         trainer.strategy.barrier()
 
     def stopped_by_tune(self, trainer: pl.Trainer) -> None:
@@ -81,6 +116,14 @@ class ReportEachEpoch(pl.Callback):
         self.stopped = True
 
 
+def full_state_bytes(trainer: pl.Trainer) -> int:
+    """What the full state weighs in memory (weights and optimizer state): its checkpoint's size, near enough."""
+    tensors = [*trainer.lightning_module.state_dict().values()]
+    for optimizer in trainer.optimizers:
+        tensors += [t for state in optimizer.state.values() for t in state.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, **trainer_overrides: Any) -> None:
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     datamodule = PetsDataModule(cfg, decoded=assets.data_for(cfg))  # no data dir, no decoding: the driver's arrays
@@ -88,10 +131,12 @@ def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, **train
     trainer = make_trainer(cfg, None, callbacks=[report], logger=False, checkpoint=False, enable_progress_bar=False,
                            enable_model_summary=False, **trainer_overrides)
     try:
-        if resume_from is None:
+        full = None if resume_from is None else policies.full_state_for(resume_from.filesystem, resume_from.path)
+        if full is None or full[0] is None:  # a new trial, or one that never wrote its full state: from epoch 1
             trainer.fit(module, datamodule=datamodule)
-        else:
-            with resume_from.as_directory() as folder:  # an interrupted trial continues from its last epoch
+        else:  # an interrupted trial continues from its last full state
+            report.resumed_from(full[1])
+            with type(resume_from)(full[0], resume_from.filesystem).as_directory() as folder:
                 trainer.fit(module, datamodule=datamodule, ckpt_path=os.path.join(folder, CHECKPOINT_FILE))
     except DivergedError as err:
         # An outcome of the hyperparameters, not a failure to retry: the trial ends with a NaN val/iou, which the
@@ -116,7 +161,7 @@ def quiet() -> None:
 
 
 def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus: float, workers: int,
-                assets_ref: list, storage: str) -> None:
+                assets_ref: list, storage: str, checkpoint_every: str = "1") -> None:
     """The Tune trainable. ``assets_ref`` is a one-element list so Tune passes the ObjectRef, not its value."""
     quiet()
     cfg = trial_config(params, base)
@@ -124,7 +169,8 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus:
         return _train_ddp(params, base, cpus, gpus, workers, assets_ref, storage)
     torch.set_num_threads(max(1, int(cpus)))  # the trial's CPU share, not the whole node
     print(f"trial on {socket.gethostname()}: {describe_device(cfg)}", flush=True)  # in the driver's log too
-    report = ReportEachEpoch(tune.report, tune.Checkpoint, placement(world_size=1))
+    report = ReportEachEpoch(tune.report, tune.Checkpoint, placement(world_size=1),
+                             CheckpointPolicy.parse(checkpoint_every))
     # Ray shows the trial only its own GPU (or a share of it): one device, never "all visible"
     devices = 1 if gpus > 0 else cfg.devices
     _fit(cfg, ray.get(assets_ref[0]), report, tune.get_checkpoint(), devices=devices)

@@ -120,11 +120,19 @@ def test_with_tune_every_commit_holds_tunes_state_and_exactly_the_visible_rows(t
     def trainable(config):
         import tempfile
 
-        for epoch in range(1, 4):
+        from segtune import checkpoint_policy as policies
+
+        full_epoch = None
+        for epoch, kind in enumerate(EPOCH_KINDS, start=1):  # what segtune.trial writes under a checkpoint policy
+            result = {"epoch": epoch, "val/iou": config["x"] * epoch}
+            if kind is None:
+                tune.report(result)
+                continue
             with tempfile.TemporaryDirectory() as folder:
                 Path(folder, "weights").write_text(str(epoch))
-                tune.report({"epoch": epoch, "val/iou": config["x"] * epoch},
-                            checkpoint=tune.Checkpoint.from_directory(folder))
+                full_epoch = epoch if kind == policies.FULL else full_epoch
+                policies.write_meta(folder, kind, epoch, full_epoch, float(epoch))
+                tune.report({**result, policies.KIND_KEY: kind}, checkpoint=tune.Checkpoint.from_directory(folder))
 
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     try:
@@ -133,18 +141,26 @@ def test_with_tune_every_commit_holds_tunes_state_and_exactly_the_visible_rows(t
                            run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
                                                      callbacks=[saved_state.CommittedState()]))
         grid = tuner.fit()
-        assert len(checked) > 2 and sum(checked) == 6  # every commit checked; 2 trials x 3 rows committed in all
+        assert len(checked) > 2 and sum(checked) == 2 * len(EPOCH_KINDS)  # every commit checked, every row committed
         check_commits(tmp_path / "exp", grid)
         refuses_tunes_silent_restart(tmp_path / "exp", trainable)
     finally:
         ray.shutdown()
 
 
+# Each epoch's checkpoint under a checkpoint policy: the weights alone (val/iou improved), the full state, none
+EPOCH_KINDS = ("weights", None, "full", "weights", None)
+
+
 def rows_go_with_their_checkpoints(folder: Path) -> int:
-    """In a commit, each trial's committed rows are exactly those whose checkpoint the committed Tune state names
-    (here every row comes with one): a trial restored from it continues after its last committed row, neither
-    running a committed epoch again nor skipping one. Returns the rows new in this commit."""
+    """In a commit, each trial's committed rows are exactly the epochs up to the full state it would continue from
+    (named by the checkpoint the committed Tune state holds, itself or through its meta), or all of them once Tune's
+    state has the trial ended: a trial restored from it continues after its last committed row, neither running a
+    committed epoch again nor skipping one. Returns the rows new in this commit."""
+    import pyarrow.fs
     from ray.tune.experiment.trial import Trial
+
+    from segtune.checkpoint_policy import full_state_for
 
     rows = json.loads((folder / ROWS_FILE).read_text())
     state = json.loads(next(folder.glob("experiment_state-*.json")).read_text())
@@ -152,9 +168,14 @@ def rows_go_with_their_checkpoints(folder: Path) -> int:
         trial = Trial.from_json_state(trial_state, stub=True)
         trial.restore_run_metadata(run_metadata)
         count = rows.get(f"trial_{trial.trial_id}", {}).get("count", 0)
-        checkpoints = 0 if trial.checkpoint is None else int(Path(trial.checkpoint.path).name.split("_")[1]) + 1
-        assert count == checkpoints, f"{folder.name}: trial {trial.trial_id} has {count} rows committed, " \
-                                     f"{checkpoints} checkpoints in Tune's state"
+        if trial.status == Trial.TERMINATED:
+            expected = len(EPOCH_KINDS)
+        else:
+            full = None if trial.checkpoint is None else \
+                full_state_for(pyarrow.fs.LocalFileSystem(), trial.checkpoint.path)[1]
+            expected = (full or {}).get("epoch", 0)
+        assert count == expected, f"{folder.name}: trial {trial.trial_id} ({trial.status}) has {count} rows " \
+                                  f"committed, its state continues after epoch {expected}"
     return sum(len(entry["new"]) for entry in rows.values())
 
 
@@ -193,11 +214,12 @@ def check_commits(exp: Path, grid) -> None:
     for result in grid:
         folder = Path(result.path)
         lines = parse_rows((folder / "result.json").read_bytes())
-        assert [json.loads(r)["epoch"] for r in lines] == [1, 2, 3]
-        assert rows[folder.name]["count"] == 3
-        # the checkpoints a commit needs, no other: the latest, and the best (epoch 1 when the score falls)
+        assert [json.loads(r)["epoch"] for r in lines] == [1, 2, 3, 4, 5]
+        assert rows[folder.name]["count"] == 5
+        # the checkpoints a commit needs, no other: the latest (4), the latest full state (3), and the best (epoch
+        # 1 when the score falls)
         kept = sorted(json.loads(p.joinpath("weights").read_text()) for p in folder.glob("checkpoint_*"))
-        assert kept == ([3] if result.config["x"] > 0 else [1, 3])
+        assert kept == ([3, 4] if result.config["x"] > 0 else [1, 3, 4])
         assert json.loads((folder / "params.json").read_text()) == result.config
         assert not (folder / "progress.csv").exists()  # Tune's own CSV and JSON loggers are off
-        assert result.metrics_dataframe["epoch"].tolist() == [1, 2, 3]  # Tune reads our result.json back
+        assert result.metrics_dataframe["epoch"].tolist() == [1, 2, 3, 4, 5]  # Tune reads our result.json back

@@ -46,3 +46,51 @@ def test_a_trial_resumed_from_its_last_epochs_checkpoint_ends_without_running_or
     again = ReportEachEpoch(lambda metrics, checkpoint: pytest.fail("no epoch is left to report"), Checkpoint, {})
     _fit(tiny_config, assets, again, Checkpoint.from_directory(str(kept)))
     assert again.reports == 0
+
+
+def test_a_policy_writes_the_full_state_on_schedule_the_weights_when_improved_and_resume_finds_the_full_state(
+        tiny_config, assets, tmp_path):
+    import math
+    import shutil
+
+    import pyarrow.fs
+    import torch
+    from ray.tune import Checkpoint
+
+    from segtune.checkpoint_policy import BYTES_KEY, KIND_KEY, CheckpointPolicy, read_meta
+
+    trial, reports = tmp_path / "trial_x", []
+
+    def keep(metrics, checkpoint):  # as Tune does: each reported checkpoint copied into the trial's folder
+        reports.append(metrics)
+        if checkpoint is not None:
+            shutil.copytree(checkpoint.path, trial / f"checkpoint_{len(list(trial.glob('checkpoint_*'))):06d}")
+
+    trial.mkdir()
+    _fit(tiny_config.replace(epochs=3), assets, ReportEachEpoch(keep, Checkpoint, {}, CheckpointPolicy(epochs=2)),
+         None)
+    kinds = [r.get(KIND_KEY) for r in reports]
+    assert kinds[:2] == ["weights", "full"] and kinds[2] in ("weights", None)  # epoch 3: weights if it improved
+    best = [max(r[SWEEP_METRIC] for r in reports[:e]) for e in range(1, 4)]
+    assert (kinds[2] == "weights") == (reports[2][SWEEP_METRIC] > best[1])
+    folders = sorted(trial.glob("checkpoint_*"))
+    weights = torch.load(folders[0] / "checkpoint.ckpt", weights_only=False)
+    full = torch.load(folders[1] / "checkpoint.ckpt", weights_only=False)
+    assert "optimizer_states" not in weights and full["optimizer_states"]
+    from segcore.build import load_module  # what the final test and segcore.predict read a trial's best with
+
+    loaded = load_module(folders[0] / "checkpoint.ckpt").state_dict()
+    assert all(torch.equal(loaded[k], v) for k, v in weights["state_dict"].items())
+    assert reports[0][BYTES_KEY] < reports[1][BYTES_KEY]  # Adam's state: the full one is about 3x the weights
+    assert read_meta(pyarrow.fs.LocalFileSystem(), str(folders[1])) == \
+        {"kind": "full", "epoch": 2, "full_epoch": 2, "best": pytest.approx(best[1])}
+    assert all(math.isfinite(r[SWEEP_METRIC]) for r in reports)
+
+    # resumed from its latest checkpoint (epoch 3's weights, or epoch 2's full state): it continues after epoch 2
+    resumed = []
+    again = ReportEachEpoch(lambda metrics, checkpoint: resumed.append(metrics), Checkpoint, {},
+                            CheckpointPolicy(epochs=2))
+    _fit(tiny_config.replace(epochs=4), assets, again, Checkpoint.from_directory(str(folders[-1])))
+    assert [r["epoch"] for r in resumed] == [3, 4]
+    assert resumed[1][KIND_KEY] == "full"
+    assert again.best >= best[1]  # the best so far came with the full state: no epoch-3 weights if not better
