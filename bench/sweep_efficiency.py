@@ -11,6 +11,7 @@ The default image size is the project's default, 256 px: the fixed costs (Ray, i
 same at any size, so at 64 px they dwarf a few seconds of steps (try --image-size 64).
 
     python bench/sweep_efficiency.py [--epochs 3] [--image-size 256] [--num-images 192] [--json out.json]
+                                     [--checkpoint-every 1 auto]   # one sweep per checkpoint policy
     python bench/sweep_efficiency.py --quick    # 64 px, 1 epoch: proves it runs
 """
 from __future__ import annotations
@@ -99,11 +100,45 @@ def trial_spans(experiment: Path) -> list[tuple[float, float]]:
     return spans
 
 
+def checkpoint_bytes(experiment: Path) -> tuple[int, int]:
+    """(bytes of checkpoints written, epochs run) over every trial, from the rows each epoch reported."""
+    written = epochs = 0
+    for result in experiment.glob("trial_*/result.json"):
+        rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
+        written += sum(r.get("checkpoint_bytes", 0) for r in rows)
+        epochs += len(rows)
+    return written, epochs
+
+
+def sweep(tmp: Path, args, policy: str) -> dict:
+    """One run of tune_main.py on the grid with ``--checkpoint-every policy``; its figures (floor not yet known)."""
+    name = f"grid-{policy}"
+    cmd = [sys.executable, str(REPO / "tune_main.py"), "--data-dir", str(tmp / "data"), "--space",
+           str(space_file(tmp, args.image_size)), "--search", "random", "--scheduler", "fifo",
+           "--num-samples", "1", "--max-epochs", str(args.epochs), "--storage-path", str(tmp / "results"),
+           "--name", name, "--checkpoint-every", policy,
+           "--no-final-test"]  # test-set inference is work of its own, not in the floor
+    started, started_epoch = time.perf_counter(), time.time()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"sweep failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    spans = trial_spans(tmp / "results" / name)
+    written, epochs = checkpoint_bytes(tmp / "results" / name)
+    return {"wall_s": round(wall, 2), "startup_s": round(min(s for s, _ in spans) - started_epoch, 2),
+            "tail_s": round(started_epoch + wall - max(e for _, e in spans), 2),
+            "trials_total_s": round(sum(e - s for s, e in spans), 2), "epochs": epochs,
+            "checkpoint_mb_per_epoch": round(written / max(epochs, 1) / 2**20, 1)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--num-images", type=int, default=192, help="generated images (half for trainval)")
+    p.add_argument("--checkpoint-every", nargs="+", default=["1", "auto"], metavar="POLICY",
+                   help="sweep once with each --checkpoint-every (default: 1 = the full state every epoch, as "
+                        "before the checkpoint policy, and auto)")
     p.add_argument("--json")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
@@ -117,30 +152,23 @@ def main() -> None:
         from segcore.synthetic import generate
 
         generate(tmp / "data", num=args.num_images, seed=0, min_size=64, max_size=128)  # as --synthetic makes
-        cmd = [sys.executable, str(REPO / "tune_main.py"), "--data-dir", str(tmp / "data"), "--space",
-               str(space_file(tmp, args.image_size)), "--search", "random", "--scheduler", "fifo",
-               "--num-samples", "1", "--max-epochs", str(args.epochs), "--storage-path", str(tmp / "results"),
-               "--name", "grid", "--no-final-test"]  # test-set inference is work of its own, not in the floor
-        started, started_epoch = time.perf_counter(), time.time()
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-        wall = time.perf_counter() - started
-        if proc.returncode != 0:
-            sys.exit(f"sweep failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-        spans = trial_spans(tmp / "results" / "grid")
+        runs = {policy: sweep(tmp, args, policy) for policy in args.checkpoint_every}
         bare = bare_seconds(tmp / "data", args.image_size, args.epochs)
     floor = bare / cores
-    startup = min(s for s, _ in spans) - started_epoch
-    tail = started_epoch + wall - max(e for _, e in spans)
-    trial_total = sum(e - s for s, e in spans)
     out = {"configs": 4, "epochs": args.epochs, "image_size": args.image_size, "num_images": args.num_images,
-           "cores": cores, "wall_s": round(wall, 2), "bare_total_s": round(bare, 2), "floor_s": round(floor, 2),
-           "wall_over_floor": round(wall / floor, 2), "startup_s": round(startup, 2), "tail_s": round(tail, 2),
-           "trials_total_s": round(trial_total, 2), "trials_over_bare": round(trial_total / bare, 3)}
-    print(f"4 configs x {args.epochs} epochs at {args.image_size} px, {cores} cores: sweep wall {wall:.1f}s "
-          f"(Ray start included); bare steps {bare:.1f}s total -> floor {floor:.1f}s")
-    print(f"  start-up {startup:.1f}s (launch to first trial start), tail {tail:.1f}s (last trial end to exit); "
-          f"trials {trial_total:.1f}s in all = {trial_total / bare:.2f} x the bare steps")
-    print(f"wall / floor = {wall / floor:.2f} (target <= 1.3)")
+           "cores": cores, "bare_total_s": round(bare, 2), "floor_s": round(floor, 2), "runs": runs}
+    print(f"4 configs x {args.epochs} epochs at {args.image_size} px, {cores} cores: bare steps {bare:.1f}s total "
+          f"-> floor {floor:.1f}s")
+    for policy, run in runs.items():
+        run["wall_over_floor"] = round(run["wall_s"] / floor, 2)
+        run["trials_over_bare"] = round(run["trials_total_s"] / bare, 3)
+        print(f"  --checkpoint-every {policy:5s} wall {run['wall_s']:.1f}s = {run['wall_over_floor']:.2f} x floor; "
+              f"start-up {run['startup_s']:.1f}s, tail {run['tail_s']:.1f}s, trials {run['trials_total_s']:.1f}s "
+              f"= {run['trials_over_bare']:.2f} x bare; checkpoints {run['checkpoint_mb_per_epoch']:.1f} MB per "
+              f"trial-epoch")
+    last = runs[args.checkpoint_every[-1]]
+    print(f"wall / floor = {last['wall_over_floor']:.2f} (target <= 1.3), --checkpoint-every "
+          f"{args.checkpoint_every[-1]}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -48,10 +48,14 @@ def test_quick_sweep_efficiency_runs_and_writes_json(tmp_path):
     assert "wall / floor =" in stdout
     assert (fig["configs"], fig["epochs"], fig["image_size"]) == (4, 1, 64)
     assert fig["bare_total_s"] > 0 and fig["floor_s"] == pytest.approx(fig["bare_total_s"] / fig["cores"], abs=0.01)
-    assert fig["wall_over_floor"] == pytest.approx(fig["wall_s"] / fig["floor_s"], rel=0.01)  # both rounded
-    # start-up and tail lie inside the sweep's wall time: the trial spans were read from the real result.json files
-    assert 0 < fig["startup_s"] and 0 <= fig["tail_s"] and fig["startup_s"] + fig["tail_s"] < fig["wall_s"]
-    assert fig["trials_total_s"] > 0
+    assert set(fig["runs"]) == {"1", "auto"}
+    for run in fig["runs"].values():
+        assert run["wall_over_floor"] == pytest.approx(run["wall_s"] / fig["floor_s"], rel=0.01)  # both rounded
+        # start-up and tail lie inside the sweep's wall time: the trial spans were read from the real result.json
+        assert 0 < run["startup_s"] and 0 <= run["tail_s"] and run["startup_s"] + run["tail_s"] < run["wall_s"]
+        assert run["trials_total_s"] > 0 and run["epochs"] == 4
+    # one epoch each: the full state every epoch, against the weights alone (the first epoch always improves)
+    assert fig["runs"]["auto"]["checkpoint_mb_per_epoch"] < fig["runs"]["1"]["checkpoint_mb_per_epoch"]
 
 
 @pytest.mark.slow
