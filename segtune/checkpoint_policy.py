@@ -16,7 +16,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Optional
+from typing import Callable, Optional
 
 AUTO, AUTO_FACTOR = "auto", 10
 META_FILE = "checkpoint.json"  # in each checkpoint folder: {"kind", "epoch", "full_epoch", "best"}
@@ -46,6 +46,12 @@ class CheckpointPolicy:
             raise ValueError(f"'{spec}': more than 0 minutes")
         return cls(minutes=float(match["minutes"]))
 
+    @classmethod
+    def for_trial(cls, spec: str, workers: int) -> "CheckpointPolicy":
+        """What a trial follows: ``spec``, or the full state every epoch for a DDP trial (Ray Train keeps only a
+        run's latest checkpoint, so a weights-only one would replace the full state a resume needs)."""
+        return cls(epochs=1) if workers > 1 else cls.parse(spec)
+
     def describe(self) -> str:
         if self.epochs is not None:
             return f"full state every {self.epochs} epoch(s)"
@@ -62,7 +68,8 @@ class CheckpointClock:
         self.since = time.monotonic()  # the last full state's end (or this process's start)
         self.seconds_per_byte: Optional[float] = None  # measured on the last checkpoint written
 
-    def full_due(self, epoch: int, full_bytes: int) -> bool:
+    def full_due(self, epoch: int, full_bytes: Callable[[], int]) -> bool:
+        """``full_bytes``: the full state's size, asked for only when ``auto`` needs it."""
         if self.policy.epochs is not None:
             return epoch % self.policy.epochs == 0
         elapsed = time.monotonic() - self.since
@@ -70,7 +77,7 @@ class CheckpointClock:
             return elapsed >= self.policy.minutes * 60
         if self.seconds_per_byte is None:  # nothing written yet to estimate from: the weights come first
             return False
-        return elapsed >= AUTO_FACTOR * self.seconds_per_byte * full_bytes
+        return elapsed >= AUTO_FACTOR * self.seconds_per_byte * full_bytes()
 
     def wrote(self, nbytes: int, seconds: float, kind: str) -> None:
         self.seconds_per_byte = seconds / max(nbytes, 1)

@@ -145,8 +145,8 @@ def plan(job: Prepared) -> str:
              f"search {s.search} (seed {s.seed}), {s.num_samples} samples, scheduler {sched}",
              f"metric {SWEEP_METRIC} ({SWEEP_MODE}); per trial {s.cpus_per_trial:g} CPU, "
              f"{s.gpus_per_trial:g} GPU{workers}; max concurrent {s.max_concurrent or 'as resources allow'}",
-             "checkpoints: " + (CheckpointPolicy(epochs=1) if s.workers_per_trial > 1 else
-                                CheckpointPolicy.parse(s.checkpoint_every)).describe() + ", best weights",
+             "checkpoints: " + CheckpointPolicy.for_trial(s.checkpoint_every, s.workers_per_trial).describe()
+             + ", best weights",
              f"resources: {job.resources}", *job.notes, f"experiment: {job.storage.shown}"]
     return "\n".join(lines)
 

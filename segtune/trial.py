@@ -42,9 +42,6 @@ def placement(world_size: int) -> dict[str, Any]:
             "device": device, "world_size": world_size}
 
 
-EVERY_EPOCH = CheckpointPolicy(epochs=1)  # DDP trials: Ray Train keeps a run's latest checkpoint only
-
-
 class ReportEachEpoch(pl.Callback):
     """At each epoch end: the epoch's metrics, where it ran, and what the checkpoint policy writes (the full state,
     the weights alone, or nothing; see segtune.checkpoint_policy), reported to Ray.
@@ -54,7 +51,7 @@ class ReportEachEpoch(pl.Callback):
     """
 
     def __init__(self, report: Callable, checkpoint_cls: type, extra: dict[str, Any],
-                 policy: CheckpointPolicy = EVERY_EPOCH):
+                 policy: CheckpointPolicy = CheckpointPolicy(epochs=1)):  # noqa: B008 (frozen: shared safely)
         self.report, self.checkpoint_cls, self.extra = report, checkpoint_cls, extra
         self.clock = CheckpointClock(policy)
         self.stopped = False  # Tune stopped the trial (see stopped_by_tune)
@@ -77,7 +74,7 @@ class ReportEachEpoch(pl.Callback):
         improved = math.isfinite(value) and value > self.best
         if improved:
             self.best = value
-        kind = FULL if self.clock.full_due(epoch, full_state_bytes(trainer)) else WEIGHTS if improved else None
+        kind = FULL if self.clock.full_due(epoch, lambda: full_state_bytes(trainer)) else WEIGHTS if improved else None
         if kind is None:
             self._report(trainer, metrics, None)
             return
@@ -85,7 +82,8 @@ class ReportEachEpoch(pl.Callback):
             started = time.monotonic()
             path = os.path.join(folder, CHECKPOINT_FILE)
             trainer.save_checkpoint(path, weights_only=kind == WEIGHTS)  # every rank: it may synchronise
-            self.full_epoch = epoch if kind == FULL else self.full_epoch
+            if kind == FULL:
+                self.full_epoch = epoch
             policies.write_meta(folder, kind, epoch, self.full_epoch, self.best)
             nbytes = os.path.getsize(path) if trainer.global_rank == 0 else 0
             metrics.update({policies.KIND_KEY: kind, policies.BYTES_KEY: nbytes})
@@ -170,7 +168,7 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus:
     torch.set_num_threads(max(1, int(cpus)))  # the trial's CPU share, not the whole node
     print(f"trial on {socket.gethostname()}: {describe_device(cfg)}", flush=True)  # in the driver's log too
     report = ReportEachEpoch(tune.report, tune.Checkpoint, placement(world_size=1),
-                             CheckpointPolicy.parse(checkpoint_every))
+                             CheckpointPolicy.for_trial(checkpoint_every, workers))
     # Ray shows the trial only its own GPU (or a share of it): one device, never "all visible"
     devices = 1 if gpus > 0 else cfg.devices
     _fit(cfg, ray.get(assets_ref[0]), report, tune.get_checkpoint(), devices=devices)

@@ -32,27 +32,32 @@ def test_bad_flag_is_named_with_the_other_problems():
     assert len(problems) == 2
 
 
+def test_ddp_trials_write_the_full_state_every_epoch_whatever_the_flag():
+    assert CheckpointPolicy.for_trial("auto", workers=2) == CheckpointPolicy(epochs=1)
+    assert CheckpointPolicy.for_trial("auto", workers=1) == CheckpointPolicy()
+
+
 def test_every_n_epochs():
     clock = CheckpointClock(CheckpointPolicy(epochs=3))
-    assert [e for e in range(1, 10) if clock.full_due(e, 10**9)] == [3, 6, 9]
+    assert [e for e in range(1, 10) if clock.full_due(e, lambda: 10**9)] == [3, 6, 9]
 
 
 def test_auto_writes_nothing_full_before_it_can_estimate_then_keeps_writing_under_a_tenth():
     clock = CheckpointClock(CheckpointPolicy())
-    assert not clock.full_due(1, 1000)  # no write measured yet: the first improvement's weights come first
+    assert not clock.full_due(1, lambda: 1000)  # no write measured yet: the first improvement's weights come first
     clock.wrote(1000, 0.001, policies.WEIGHTS)  # 1 us per byte: a 1000-byte full state takes ~1 ms to write
     time.sleep(AUTO_FACTOR * 0.001 * 1.5)
-    assert clock.full_due(2, 1000)  # trained 15 ms since the start: ten writes' worth
-    assert not clock.full_due(2, 10**6)  # a 1 MB state would take 1 s: not yet
+    assert clock.full_due(2, lambda: 1000)  # trained 15 ms since the start: ten writes' worth
+    assert not clock.full_due(2, lambda: 10**6)  # a 1 MB state would take 1 s: not yet
     clock.wrote(1000, 0.001, policies.FULL)
-    assert not clock.full_due(3, 1000)  # just written
+    assert not clock.full_due(3, lambda: 1000)  # just written
 
 
 def test_minutes():
     clock = CheckpointClock(CheckpointPolicy(minutes=0.0005))  # 30 ms
-    assert not clock.full_due(1, 1)
+    assert not clock.full_due(1, lambda: 1)
     time.sleep(0.05)
-    assert clock.full_due(2, 1)
+    assert clock.full_due(2, lambda: 1)
 
 
 def test_a_weights_only_checkpoint_leads_to_the_full_state_it_names(tmp_path):
