@@ -7,11 +7,16 @@ sweep overhead but work of its own, so it is skipped). Prints wall / floor (targ
 went: start-up (launch to the first trial's start), the trials' own time beyond the floor, and the tail (last
 trial's end to exit), read from the trials' result.json timestamps.
 
-The default image size is the project's default, 256 px: the fixed costs (Ray, imports, actors; ~15 s here) are the
-same at any size, so at 64 px they dwarf a few seconds of steps (try --image-size 64).
+The same grid also goes through bench/plain_sweep.py, the sweep people write by hand (per-item decoding, SMP's
+notebook module, Ray's report-and-checkpoint callback, the full state every epoch): "the sweep is Nx faster".
+
+The default image size is the project's default, 256 px: the fixed costs (Ray, imports, actors; ~10 s here) are the
+same at any size, so at 64 px they weigh as much as the steps.
 
     python bench/sweep_efficiency.py [--epochs 3] [--image-size 256] [--num-images 192] [--json out.json]
+                                     [--grid fpn-lr-wd|unet-lr-bs] [--no-plain]
                                      [--checkpoint-every 1 auto]   # one sweep per checkpoint policy
+    python bench/sweep_efficiency.py --grid unet-lr-bs --image-size 64 --epochs 8 --num-images 96   # issue #14's
     python bench/sweep_efficiency.py --quick    # 64 px, 1 epoch: proves it runs
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -27,23 +33,31 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# 4 configs of equal cost: the benchmark measures overhead, not how well 2 trials of unequal length pack on 2 cores
-# (with fpn + unet in the grid, one core idles for the difference at the end whatever the overhead).
-GRID = {"lr": [1.0e-3, 3.0e-3], "weight_decay": [0.0, 1.0e-4]}
-FIXED = {"arch": "fpn", "encoder": "resnet18", "encoder_weights": "none", "batch_size": 16, "scheduler": "none",
-         "optimizer": "adam", "loss": "dice"}
+# Two grids of 4 configs, each of (nearly) equal cost: the benchmark measures overhead, not how well 2 trials of
+# unequal length pack on 2 cores (with fpn + unet in one grid, one core idles for the difference at the end).
+# "fpn-lr-wd": the 256 px figures since issue #5. "unet-lr-bs": issue #14's measurement (U-Net, lr x batch size).
+# Tune runs a grid's last key fastest: with batch_size first, the two trials running side by side share a batch
+# size and end together (a batch of 8 takes an epoch longer than one of 16).
+COMMON = {"encoder": "resnet18", "encoder_weights": "none", "scheduler": "none", "optimizer": "adam", "loss": "dice"}
+GRIDS = {
+    "fpn-lr-wd": ({**COMMON, "arch": "fpn", "batch_size": 16},
+                  {"lr": [1.0e-3, 3.0e-3], "weight_decay": [0.0, 1.0e-4]}),
+    "unet-lr-bs": ({**COMMON, "arch": "unet", "weight_decay": 0.0},
+                   {"batch_size": [8, 16], "lr": [1.0e-3, 3.0e-3]}),
+}
 
 
-def space_file(folder: Path, image_size: int) -> Path:
+def space_file(folder: Path, grid: str, image_size: int) -> Path:
     import yaml
 
-    body = {**FIXED, "image_size": image_size, **{k: {"grid": v} for k, v in GRID.items()}}
+    fixed, searched = GRIDS[grid]
+    body = {**fixed, "image_size": image_size, **{k: {"grid": v} for k, v in searched.items()}}
     path = folder / "grid.yaml"
     path.write_text("# benchmark grid\n" + yaml.safe_dump(body))
     return path
 
 
-def bare_seconds(data: Path, image_size: int, epochs: int) -> float:
+def bare_seconds(data: Path, grid: str, image_size: int, epochs: int) -> float:
     """Train + validation steps of every grid config, one after another, one thread, tensors preloaded."""
     import itertools
 
@@ -57,8 +71,9 @@ def bare_seconds(data: Path, image_size: int, epochs: int) -> float:
 
     torch.set_num_threads(1)
     total = 0.0
-    for values in itertools.product(*GRID.values()):
-        cfg = TrainConfig(**FIXED, **dict(zip(GRID, values)), image_size=image_size, data_dir=str(data),
+    fixed, searched = GRIDS[grid]
+    for values in itertools.product(*searched.values()):
+        cfg = TrainConfig(**fixed, **dict(zip(searched, values)), image_size=image_size, data_dir=str(data),
                           epochs=epochs, num_workers=0)
         dm = PetsDataModule(cfg)
         dm.setup("fit")
@@ -114,7 +129,7 @@ def sweep(tmp: Path, args, policy: str) -> dict:
     """One run of tune_main.py on the grid with ``--checkpoint-every policy``; its figures (floor not yet known)."""
     name = f"grid-{policy}"
     cmd = [sys.executable, str(REPO / "tune_main.py"), "--data-dir", str(tmp / "data"), "--space",
-           str(space_file(tmp, args.image_size)), "--search", "random", "--scheduler", "fifo",
+           str(space_file(tmp, args.grid, args.image_size)), "--search", "random", "--scheduler", "fifo",
            "--num-samples", "1", "--max-epochs", str(args.epochs), "--storage-path", str(tmp / "results"),
            "--name", name, "--checkpoint-every", policy,
            "--no-final-test"]  # test-set inference is work of its own, not in the floor
@@ -131,14 +146,29 @@ def sweep(tmp: Path, args, policy: str) -> dict:
             "checkpoint_mb_per_epoch": round(written / max(epochs, 1) / 2**20, 1)}
 
 
+def plain(tmp: Path, args) -> dict:
+    """The same grid through bench/plain_sweep.py: per-item decoding, the full state every epoch, Ray's callback."""
+    cmd = [sys.executable, "-m", "bench.plain_sweep", "--data-dir", str(tmp / "data"), "--storage-path",
+           str(tmp / "plain"), "--grid", args.grid, "--image-size", str(args.image_size), "--epochs", str(args.epochs)]
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.exit(f"plain sweep failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    done = re.search(r"plain sweep: (\d+) trials", proc.stdout)
+    return {"wall_s": round(wall, 2), "trials": int(done[1]) if done else 0}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--image-size", type=int, default=256)
     p.add_argument("--num-images", type=int, default=192, help="generated images (half for trainval)")
+    p.add_argument("--grid", choices=sorted(GRIDS), default="fpn-lr-wd")
     p.add_argument("--checkpoint-every", nargs="+", default=["1", "auto"], metavar="POLICY",
                    help="sweep once with each --checkpoint-every (default: 1 = the full state every epoch, as "
                         "before the checkpoint policy, and auto)")
+    p.add_argument("--no-plain", action="store_true", help="skip the plain script (bench/plain_sweep.py)")
     p.add_argument("--json")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
@@ -153,12 +183,14 @@ def main() -> None:
 
         generate(tmp / "data", num=args.num_images, seed=0, min_size=64, max_size=128)  # as --synthetic makes
         runs = {policy: sweep(tmp, args, policy) for policy in args.checkpoint_every}
-        bare = bare_seconds(tmp / "data", args.image_size, args.epochs)
+        baseline = None if args.no_plain else plain(tmp, args)
+        bare = bare_seconds(tmp / "data", args.grid, args.image_size, args.epochs)
     floor = bare / cores
-    out = {"configs": 4, "epochs": args.epochs, "image_size": args.image_size, "num_images": args.num_images,
-           "cores": cores, "bare_total_s": round(bare, 2), "floor_s": round(floor, 2), "runs": runs}
-    print(f"4 configs x {args.epochs} epochs at {args.image_size} px, {cores} cores: bare steps {bare:.1f}s total "
-          f"-> floor {floor:.1f}s")
+    out = {"grid": args.grid, "configs": 4, "epochs": args.epochs, "image_size": args.image_size,
+           "num_images": args.num_images, "cores": cores, "bare_total_s": round(bare, 2), "floor_s": round(floor, 2),
+           "runs": runs, "plain": baseline}
+    print(f"{args.grid}: 4 configs x {args.epochs} epochs at {args.image_size} px, {cores} cores: bare steps "
+          f"{bare:.1f}s total -> floor {floor:.1f}s")
     for policy, run in runs.items():
         run["wall_over_floor"] = round(run["wall_s"] / floor, 2)
         run["trials_over_bare"] = round(run["trials_total_s"] / bare, 3)
@@ -169,6 +201,12 @@ def main() -> None:
     last = runs[args.checkpoint_every[-1]]
     print(f"wall / floor = {last['wall_over_floor']:.2f} (target <= 1.3), --checkpoint-every "
           f"{args.checkpoint_every[-1]}")
+    if baseline is not None:
+        baseline["wall_over_floor"] = round(baseline["wall_s"] / floor, 2)
+        baseline["plain_over_sweep"] = round(baseline["wall_s"] / last["wall_s"], 2)
+        print(f"plain script (per-item decode, full checkpoint every epoch): wall {baseline['wall_s']:.1f}s = "
+              f"{baseline['wall_over_floor']:.2f} x floor; the sweep is {baseline['plain_over_sweep']:.2f}x faster "
+              f"(target >= 1.8 at 64 px)")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2))
 

@@ -56,6 +56,11 @@ def test_quick_sweep_efficiency_runs_and_writes_json(tmp_path):
         assert run["trials_total_s"] > 0 and run["epochs"] == 4
     # one epoch each: the full state every epoch, against the weights alone (the first epoch always improves)
     assert fig["runs"]["auto"]["checkpoint_mb_per_epoch"] < fig["runs"]["1"]["checkpoint_mb_per_epoch"]
+    # the plain pattern (bench/plain_sweep.py) ran the same 4 configs, and the ratio is of the two walls
+    plain = fig["plain"]
+    assert plain["trials"] == 4 and plain["wall_s"] > 0
+    assert plain["plain_over_sweep"] == pytest.approx(plain["wall_s"] / fig["runs"]["auto"]["wall_s"], rel=0.01)
+    assert "the sweep is" in stdout and "faster" in stdout
 
 
 @pytest.mark.slow
