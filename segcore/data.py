@@ -154,6 +154,20 @@ class PetsDataModule(pl.LightningDataModule):
 
             download_pets(self.cfg.data_dir)
 
+    def layout_complete(self, splits: tuple[str, ...] = SPLIT_FILES) -> bool:
+        """Whether the folder, the split files and every file they list are there: what can be checked without
+        decoding an image (``check`` does the rest, and reports every problem)."""
+        try:
+            root = find_root(self.cfg.data_dir)
+        except UserError:
+            return False
+        for split in splits:
+            names, problems = read_split(root, split)
+            if problems or not all((root / "images" / f"{n}.jpg").is_file()
+                                   and (root / "annotations" / "trimaps" / f"{n}.png").is_file() for n in names):
+                return False
+        return True
+
     def check(self, splits: tuple[str, ...] = SPLIT_FILES) -> DataSummary:
         """Read, check and decode every split before training: all problems are reported in one UserError."""
         root = find_root(self.cfg.data_dir)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -21,7 +22,8 @@ class Cluster:
 
 
 def connect(address: Optional[str], trial_env: dict[str, str], dashboard: bool = False) -> Cluster:
-    """Join ``address`` or start a local Ray; ``trial_env`` is set in every trial and worker process.
+    """Join ``address`` or start a local Ray; ``trial_env`` is set in every trial and worker process (a job
+    runtime_env: the driver's own environment is left as it is).
 
     A local instance starts Ray's dashboard only when asked (``dashboard``): its processes take about 0.7 s to start
     and a share of a core for the whole sweep, which on a small machine is taken from the trials."""
@@ -31,16 +33,74 @@ def connect(address: Optional[str], trial_env: dict[str, str], dashboard: bool =
     if address:
         ray.init(address=address, runtime_env={"env_vars": trial_env}, logging_level=logging.WARNING)
     else:
-        # A local instance's processes inherit this environment. Set here rather than in a job runtime_env, trials
-        # start in the worker processes Ray prestarted (a runtime_env makes it start new ones: ~1 s per trial slot).
-        # The driver has read its weights by now, so the trials' offline settings cost it nothing.
-        os.environ.update(trial_env)
-        # "local": a new instance even if RAY_ADDRESS points at a cluster (joining one is what --address is for)
-        ray.init(address="local", logging_level=logging.WARNING, include_dashboard=dashboard)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TokenAuthOn())
+        # "local": a new instance even if RAY_ADDRESS points at a cluster (joining one is what --address is for).
+        # (Tune 2.60 gives every trial actor a runtime_env of its own, so trials start in new worker processes
+        # whether or not the job has one.)
+        ray.init(address="local", runtime_env={"env_vars": trial_env}, logging_level=logging.WARNING,
+                 include_dashboard=dashboard)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return Cluster(resources=dict(ray.cluster_resources()), node_ids=[n["NodeID"] for n in nodes],
                    node_cpus=[n["Resources"].get("CPU", 0.0) for n in nodes],
                    hosts={n.get("NodeManagerHostname") or n.get("NodeManagerAddress") for n in nodes})
+
+
+class _TokenAuthOn(logging.Filter):
+    """A local instance with token authentication on (Ray's default) is what the user wants: nothing to act on.
+    (The warning Ray gives when it is off stays.)"""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Token authentication is enabled" not in record.getMessage()
+
+
+class _NotMainThread(logging.Filter):
+    """ray.init outside the main thread says it set no SIGTERM handler: the driver installs its own afterwards."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+class LocalStart:
+    """A local Ray started in a background thread, beside the driver's own preparation (imports, data decoding,
+    weights): starting Ray is mostly waiting for its processes, a couple of seconds the driver can use.
+
+    ``result()`` waits for it and returns the Cluster (or raises what ``ray.init`` raised); ``abandon()``, when the
+    preparation failed, waits for it and shuts it down, so a refused sweep leaves nothing running.
+
+    The thread stays alive until the process ends: Ray starts its local processes (GCS, raylet) with a parent-death
+    signal, which Linux sends when the *thread* that started them ends, not the process."""
+
+    def __init__(self, trial_env: dict[str, str], dashboard: bool = False):
+        import ray  # noqa: F401 (imported here, not in the thread: module imports hold the import lock)
+
+        logging.getLogger("ray._private.worker").addFilter(_NotMainThread())
+        self._outcome: tuple[Optional[Cluster], Optional[BaseException]] = (None, None)
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(trial_env, dashboard), name="ray-start", daemon=True)
+        self._thread.start()
+
+    def _run(self, trial_env: dict[str, str], dashboard: bool) -> None:
+        try:
+            self._outcome = (connect(None, trial_env, dashboard), None)
+        except BaseException as err:  # noqa: BLE001 - handed to the main thread by result()
+            self._outcome = (None, err)
+        self._started.set()
+        threading.Event().wait()  # see the class's docstring: Ray's processes live as long as this thread
+
+
+    def result(self) -> Cluster:
+        self._started.wait()
+        started, error = self._outcome
+        if error is not None:
+            raise error
+        return started
+
+    def abandon(self) -> None:
+        import ray
+
+        self._started.wait()
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def check_resources(cpus_per_trial: float, gpus_per_trial: float, workers: int = 1,

@@ -68,6 +68,7 @@ class Prepared:
     notes: list[str]  # lines for the plan
     commit: Optional[int]  # the saved state --resume continues from
     resources: str = ""  # the request, as checked against the machine or cluster
+    ray_start: Optional[cluster.LocalStart] = None  # a local Ray starting beside the data preparation
 
 
 def run_sweep(given: SweepSettings, named: set[str], interrupts: Interrupts) -> int:
@@ -110,9 +111,30 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
     if settings.local_sweep:  # checked against this machine before Ray starts
         resources = cluster.check_resources(settings.cpus_per_trial, settings.gpus_per_trial,
                                             settings.workers_per_trial)
-    assets, tests, notes = build_assets(configs, data=pending is None)
+    # Every check that reads no image has passed: Ray starts now, beside the decoding and the weights' fetch, and is
+    # shut down again if they find a problem. (With files missing, the data check reports them first, Ray unstarted.)
+    ray_start = None
+    if settings.local_sweep and not settings.dry_run and data_layout_complete(configs):
+        ray_start = cluster.LocalStart(TRIAL_ENV, dashboard=ray_dashboard(settings))
+    try:
+        assets, tests, notes = build_assets(configs, data=pending is None)
+    except BaseException:
+        if ray_start is not None:
+            ray_start.abandon()
+        raise
     return Prepared(settings, storage, space, base, assets, tests, notes + ([pending] if pending else []), commit,
-                    resources)
+                    resources, ray_start)
+
+
+def data_layout_complete(configs: list[TrainConfig]) -> bool:
+    from segcore.data import PetsDataModule
+
+    return PetsDataModule(configs[0]).layout_complete()
+
+
+def ray_dashboard(s: SweepSettings) -> bool:
+    # Ray Train frees a stopped DDP trial's workers through the state API, which the dashboard serves
+    return s.dashboard or s.workers_per_trial > 1
 
 
 def connect(job: Prepared, interrupts: Interrupts) -> Optional[cluster.Cluster]:
@@ -121,8 +143,10 @@ def connect(job: Prepared, interrupts: Interrupts) -> Optional[cluster.Cluster]:
     s = job.settings
     if s.dry_run and s.local_sweep:
         return None
-    # Ray Train frees a stopped DDP trial's workers through the state API, which the dashboard serves
-    ray_cluster = cluster.connect(s.address, TRIAL_ENV, dashboard=s.dashboard or s.workers_per_trial > 1)
+    if job.ray_start is not None:
+        ray_cluster = job.ray_start.result()
+    else:
+        ray_cluster = cluster.connect(s.address, TRIAL_ENV, dashboard=ray_dashboard(s))
     interrupts.install()
     if not s.local_sweep:
         job.resources = cluster.check_resources(s.cpus_per_trial, s.gpus_per_trial, s.workers_per_trial,

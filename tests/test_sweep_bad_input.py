@@ -193,6 +193,9 @@ def test_bad_sweep_input_exits_2_naming_it_and_touches_nothing(case, pets_copy, 
     assert "s3cr3t" not in err and "AKIAEXAMPLE" not in err
     assert fingerprint(storage) == before  # the earlier experiment, byte for byte and untouched
     assert not (storage / NEW).exists()
+    import ray
+
+    assert not ray.is_initialized()  # Ray, started beside the decoding, is shut down again when it finds a problem
 
 
 @pytest.fixture
