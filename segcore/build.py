@@ -20,6 +20,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 
 from segcore.callbacks import HParamsCallback, OverlayImagesCallback
 from segcore.config import TrainConfig
+from segcore.device import channels_last_of, on_gpu
 from segcore.errors import UserError
 from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
 from segcore.model import SegmentationModule
@@ -32,10 +33,6 @@ def lightning_devices(devices: str) -> Any:
         return "auto"
     parts = [int(p) for p in devices.strip("[]").split(",") if p.strip()]
     return parts[0] if len(parts) == 1 and "," not in devices else parts
-
-
-def on_gpu(cfg: TrainConfig) -> bool:
-    return torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
 
 
 def resolve_precision(precision: str, gpu: bool, bf16: bool) -> str:
@@ -53,8 +50,9 @@ def precision_of(cfg: TrainConfig) -> str:
     return resolve_precision(cfg.precision, gpu, gpu and torch.cuda.is_bf16_supported())
 
 
-def describe_device(cfg: TrainConfig) -> str:
-    """One log line with every GPU-relevant choice, so a GPU run can be checked from its log."""
+def describe_device(cfg: TrainConfig, data_path: str = "") -> str:
+    """One log line with every GPU-relevant choice, so a GPU run can be checked from its log; ``data_path``: where
+    the batches come from (``PetsDataModule.data_path``), when known."""
     if on_gpu(cfg):
         name = torch.cuda.get_device_name(0)
         bf16 = torch.cuda.is_bf16_supported()
@@ -62,8 +60,9 @@ def describe_device(cfg: TrainConfig) -> str:
     else:
         where = "CPU"
     return (f"device: {where}; accelerator={cfg.accelerator} devices={cfg.devices} precision={precision_of(cfg)} "
-            f"(asked: {cfg.precision}) channels_last={cfg.channels_last} compile={cfg.compile} "
-            f"pin_memory={torch.cuda.is_available()} non_blocking_copies={torch.cuda.is_available()}")
+            f"(asked: {cfg.precision}) channels_last={channels_last_of(cfg)} compile={cfg.compile} "
+            f"pin_memory={torch.cuda.is_available()} non_blocking_copies={torch.cuda.is_available()}"
+            + (f"; data: {data_path}" if data_path else ""))
 
 
 def make_trainer(cfg: TrainConfig, output_dir: Optional[Path], callbacks: Iterable[pl.Callback] = (),

@@ -25,6 +25,7 @@ BORDER_MODES = ("pet", "background", "ignore")  # what the trimap's border band 
 # "auto": bf16-mixed on GPUs that support bf16, 16-mixed on older GPUs, 32-true on the CPU (segcore.train)
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+DATA_PATHS = ("auto", "device", "loader")
 WEIGHTS_KEYWORDS = ("imagenet", "none")  # anything else must be a path to a state-dict file
 
 
@@ -81,7 +82,9 @@ class TrainConfig:
     precision: str = "auto"  # mixed precision where the GPU has it; full precision on the CPU
     accelerator: str = "auto"
     devices: str = "auto"  # Lightning's devices: "auto", a count ("2") or a list ("0,1")
-    channels_last: bool = False  # NHWC memory format: faster convolutions on tensor-core GPUs
+    channels_last: Optional[bool] = None  # NHWC memory format (tensor-core GPUs); None: on a GPU only
+    data_path: str = "auto"  # batches from the host loader, or cut on the device (segcore.device_data); auto: on a
+    #                          GPU when the split fits in a quarter of its memory
     compile: bool = False  # torch.compile the network (GPU runs; adds start-up time)
 
     # ----- construction -------------------------------------------------------------------------------------
@@ -127,6 +130,7 @@ class TrainConfig:
         choice("border", BORDER_MODES)
         choice("precision", PRECISIONS)
         choice("accelerator", ACCELERATORS)
+        choice("data_path", DATA_PATHS)
         if self.freeze_encoder and self.freeze_decoder and self.freeze_head:
             p.append("keys 'freeze_encoder', 'freeze_decoder', 'freeze_head': all three frozen leaves nothing to train")
         if not (math.isfinite(self.lr) and self.lr > 0):

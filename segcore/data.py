@@ -139,14 +139,25 @@ class DataSummary:
 
 class PetsDataModule(pl.LightningDataModule):
     def __init__(self, config: TrainConfig, download: bool = False, pin_memory: Optional[bool] = None,
-                 decoded: Optional[dict[str, DecodedSplit]] = None):
+                 decoded: Optional[dict[str, DecodedSplit]] = None, device_share: float = 1.0):
         """``decoded``: splits decoded elsewhere (e.g. by a sweep's driver, shipped to another node); with it the
-        data dir is not read at all."""
+        data dir is not read at all. ``device_share``: the part of its device this run may fill (a trial holding a
+        fraction of a GPU), for the choice of the data path (``data_path``)."""
         super().__init__()
         self.cfg = config
         self.download = download
         self.pin_memory = torch.cuda.is_available() if pin_memory is None else pin_memory
         self.decoded: dict[str, DecodedSplit] = dict(decoded or {})
+        self.device_share = device_share
+        self._on_device: dict[str, Any] = {}  # split -> its DeviceBatches, uploaded once
+
+    def data_path(self, device: torch.device, world_size: int = 1) -> tuple[bool, str]:
+        """Whether the fit's batches are cut on ``device`` from splits held there (segcore.device_data) rather than
+        copied from the host loader, and why (for the device line). Needs ``setup("fit")``."""
+        from segcore.device_data import choose, split_bytes
+
+        nbytes = split_bytes(self.train_set) + split_bytes(self.val_set)
+        return choose(self.cfg.data_path, nbytes, torch.device(device), world_size, self.device_share)
 
     def prepare_data(self) -> None:
         if self.download:
@@ -205,21 +216,30 @@ class PetsDataModule(pl.LightningDataModule):
             test = self.decoded["test"]
             self.test_set = PetsSegmentation(test, np.arange(len(test)), self.cfg.border)
 
-    def _loader(self, dataset: Dataset, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset, shuffle: bool, split: str = "test"):
         workers = self.cfg.num_workers
         # Under DDP each process sees its share of the set: dropping the last partial batch of a share smaller than
         # one batch would leave an epoch with no step at all (and a trial that never reports).
         ranks = self.trainer.world_size if self.trainer is not None else 1
         share = -(-len(dataset) // ranks)
+        drop_last = shuffle and share > self.cfg.batch_size
+        if split in ("train", "val") and self.trainer is not None:
+            device = self.trainer.strategy.root_device
+            if self.data_path(device, ranks)[0]:
+                if split not in self._on_device:
+                    from segcore.device_data import DeviceBatches
+
+                    self._on_device[split] = DeviceBatches(dataset, device, self.cfg.batch_size, shuffle, drop_last)
+                return self._on_device[split]
         return DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=shuffle, num_workers=workers,
                           collate_fn=collate, pin_memory=self.pin_memory, persistent_workers=workers > 0,
-                          drop_last=shuffle and share > self.cfg.batch_size)
+                          drop_last=drop_last)
 
-    def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+    def train_dataloader(self):
+        return self._loader(self.train_set, shuffle=True, split="train")
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+    def val_dataloader(self):
+        return self._loader(self.val_set, shuffle=False, split="val")
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)

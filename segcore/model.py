@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from segcore.config import TrainConfig
+from segcore.device import channels_last_of
 from segcore.losses import IGNORE_INDEX, build_loss
 from segcore.metrics import BinarySegMetrics
 from segcore.metrics_names import LEARNING_RATE, TRAIN_LOSS, stage_metric
@@ -61,7 +62,8 @@ class SegmentationModule(pl.LightningModule):
         self.loss_fn = build_loss(cfg.loss, self.ignore_index)
         self.metrics = nn.ModuleDict({"val": BinarySegMetrics(), "test": BinarySegMetrics()})
         self._freeze()
-        if cfg.channels_last:
+        self.channels_last = channels_last_of(cfg)
+        if self.channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self.val_sample: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
         self._eval_loss_sum: torch.Tensor | float = 0.0  # this evaluation's loss, summed on the device
@@ -97,7 +99,7 @@ class SegmentationModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 or float [0, 255] images (N, 3, H, W) -> logits (N, 1, H, W)."""
         x = (images.float() - self.mean) / self.std
-        if self.cfg.channels_last:
+        if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 

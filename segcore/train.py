@@ -44,8 +44,9 @@ def run(cfg: TrainConfig, output_dir: Path, download: bool = False, progress: bo
     cfg.save(output_dir / "config.yaml")
     log.info("data: %s (train %d, val %d, test %d images at %dpx)", summary.root, summary.train, summary.val,
              summary.test, cfg.image_size)
-    log.info(describe_device(cfg))
     trainer = make_trainer(cfg, output_dir, enable_progress_bar=progress)
+    datamodule.setup("fit")
+    log.info(describe_device(cfg, datamodule.data_path(trainer.strategy.root_device, trainer.world_size)[1]))
     trainer.fit(module, datamodule=datamodule)
     best = trainer.checkpoint_callback.best_model_path or None
     val = trainer.validate(module, datamodule=datamodule, ckpt_path=best, verbose=False)[0]
@@ -90,7 +91,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--devices", help=f"auto, a count or a list like 0,1 (default {d.devices})")
     p.add_argument("--precision", help=f"auto (bf16/16-mixed on GPUs, 32 on CPU) | 32-true | 16-mixed | "
                                        f"bf16-mixed ... (default {d.precision})")
-    p.add_argument("--channels_last", action="store_const", const=True, help="NHWC memory format (GPU speed-up)")
+    p.add_argument("--channels_last", nargs="?", const="true", metavar="true|false",
+                   help="NHWC memory format (default: on a GPU only, where it speeds convolutions up)")
+    p.add_argument("--data_path", help="auto | device | loader: batches cut from the split held on the device, or "
+                                       "copied from the host per batch (default auto: on a GPU when the split fits "
+                                       "in a quarter of its memory)")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile the network")
     return p
 
