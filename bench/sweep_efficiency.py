@@ -57,51 +57,59 @@ def space_file(folder: Path, grid: str, image_size: int) -> Path:
     return path
 
 
-def bare_seconds(data: Path, grid: str, image_size: int, epochs: int) -> float:
-    """Train + validation steps of every grid config, one after another, one thread, tensors preloaded."""
+def grid_configs(data: Path, grid: str, image_size: int, epochs: int) -> list:
     import itertools
 
+    from segcore.config import TrainConfig
+
+    fixed, searched = GRIDS[grid]
+    return [TrainConfig(**fixed, **dict(zip(searched, values)), image_size=image_size, data_dir=str(data),
+                        epochs=epochs, num_workers=0) for values in itertools.product(*searched.values())]
+
+
+def bare_steps(cfg) -> float:
+    """Seconds of ``cfg``'s train + validation steps over its epochs, tensors preloaded, nothing else."""
     import torch
 
-    from segcore.config import TrainConfig
     from segcore.data import PetsDataModule
     from segcore.metrics import BinarySegMetrics
     from segcore.model import SegmentationModule
     from segcore.optim import build_optimizer
 
+    dm = PetsDataModule(cfg)
+    dm.setup("fit")
+    train = [dm.train_set[i] for i in range(len(dm.train_set))]
+    val = [dm.val_set[i] for i in range(len(dm.val_set))]
+    stack = lambda items, k: torch.stack([it[k] for it in items])  # noqa: E731
+    xs, ms = stack(train, "image"), stack(train, "mask")
+    vx, vm = stack(val, "image"), stack(val, "mask")
+    module = SegmentationModule(cfg)
+    opt = build_optimizer(cfg, [p for p in module.parameters() if p.requires_grad])
+    metric = BinarySegMetrics()
+    bs = cfg.batch_size
+    started = time.perf_counter()
+    for _ in range(cfg.epochs):
+        module.train()
+        for i in range(0, len(xs) - bs + 1, bs):  # drop_last, as the loader does
+            loss = module.loss_fn(module(xs[i:i + bs]), ms[i:i + bs].float())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        module.eval()
+        with torch.no_grad():
+            for i in range(0, len(vx), bs):
+                metric.update(module(vx[i:i + bs]), vm[i:i + bs])
+        metric.compute()
+        metric.reset()
+    return time.perf_counter() - started
+
+
+def bare_seconds(data: Path, grid: str, image_size: int, epochs: int) -> float:
+    """Train + validation steps of every grid config, one after another, one thread, tensors preloaded."""
+    import torch
+
     torch.set_num_threads(1)
-    total = 0.0
-    fixed, searched = GRIDS[grid]
-    for values in itertools.product(*searched.values()):
-        cfg = TrainConfig(**fixed, **dict(zip(searched, values)), image_size=image_size, data_dir=str(data),
-                          epochs=epochs, num_workers=0)
-        dm = PetsDataModule(cfg)
-        dm.setup("fit")
-        train = [dm.train_set[i] for i in range(len(dm.train_set))]
-        val = [dm.val_set[i] for i in range(len(dm.val_set))]
-        stack = lambda items, k: torch.stack([it[k] for it in items])  # noqa: E731
-        xs, ms = stack(train, "image"), stack(train, "mask")
-        vx, vm = stack(val, "image"), stack(val, "mask")
-        module = SegmentationModule(cfg)
-        opt = build_optimizer(cfg, [p for p in module.parameters() if p.requires_grad])
-        metric = BinarySegMetrics()
-        bs = cfg.batch_size
-        started = time.perf_counter()
-        for _ in range(epochs):
-            module.train()
-            for i in range(0, len(xs) - bs + 1, bs):  # drop_last, as the loader does
-                loss = module.loss_fn(module(xs[i:i + bs]), ms[i:i + bs].float())
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            module.eval()
-            with torch.no_grad():
-                for i in range(0, len(vx), bs):
-                    metric.update(module(vx[i:i + bs]), vm[i:i + bs])
-            metric.compute()
-            metric.reset()
-        total += time.perf_counter() - started
-    return total
+    return sum(bare_steps(cfg) for cfg in grid_configs(data, grid, image_size, epochs))
 
 
 def trial_spans(experiment: Path) -> list[tuple[float, float]]:

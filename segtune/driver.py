@@ -74,21 +74,29 @@ class Prepared:
 def run_sweep(given: SweepSettings, named: set[str], interrupts: Interrupts) -> int:
     """Check everything, prepare the assets, run (or resume) the sweep, summarise it; returns the exit code."""
     job = check_and_prepare(given, named)
-    ray_cluster = connect(job, interrupts)
-    print(plan(job), flush=True)
-    if job.settings.dry_run:
-        print("dry run: nothing started")
-        return 0
-    restore = start_experiment(job)
-    tuner = build_tuner(job, ray_cluster, restore)
-    results = fit(tuner, job, interrupts)
-    if results is None:
-        return interrupts.exit_code or 128 + signal.SIGINT
-    summary = summarise(results, job, interrupted=interrupts.received is not None)
-    if not job.settings.no_final_test and interrupts.received is None and summary.get("best_checkpoint"):
-        summary["final_test"] = final_test(results, job, summary)
-    report(job, summary)
-    return interrupts.exit_code
+    try:
+        ray_cluster = connect(job, interrupts)
+        print(plan(job), flush=True)
+        if job.settings.dry_run:
+            print("dry run: nothing started")
+            return 0
+        restore = start_experiment(job)
+        tuner = build_tuner(job, ray_cluster, restore)
+        results = fit(tuner, job, interrupts)
+        if results is None:
+            return interrupts.exit_code or 128 + signal.SIGINT
+        summary = summarise(results, job, interrupted=interrupts.received is not None)
+        if not job.settings.no_final_test and interrupts.received is None and summary.get("best_checkpoint"):
+            summary["final_test"] = final_test(results, job, summary)
+        report(job, summary)
+        return interrupts.exit_code
+    finally:
+        # whatever ended the sweep: the CLI exits without the interpreter's teardown, and Ray's agent processes
+        # (dashboard, runtime_env) outlive a driver that did not shut Ray down
+        import ray
+
+        if ray.is_initialized():
+            ray.shutdown()
 
 
 def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
@@ -245,7 +253,6 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
 
 def fit(tuner, job: Prepared, interrupts: Interrupts):
     """Step 6. Tune runs the trials; returns its ResultGrid, or None when a second signal stopped it at once."""
-    import ray
 
     from segtune.search import fail_running
 
@@ -254,7 +261,6 @@ def fit(tuner, job: Prepared, interrupts: Interrupts):
     except KeyboardInterrupt:  # a second signal: no final snapshot, the last periodic one stands
         print(f"stopped at once; continue from the last saved state with  {resume_command(job.settings, job.storage)}",
               file=sys.stderr, flush=True)
-        ray.shutdown()
         return None
     if job.settings.search == "optuna" and interrupts.received is None:
         fail_running(job.storage.local, job.settings.name)  # errored trials: not resumed any more
@@ -286,7 +292,6 @@ def final_test(results, job: Prepared, summary: dict[str, Any]) -> dict[str, Any
 def report(job: Prepared, summary: dict[str, Any]) -> None:
     """Step 9. report.md and its plots (a failure here must not cost the sweep's summary: it is shown, with how
     to retry), results uploaded to a URI storage, the summary printed, Ray shut down."""
-    import ray
 
     from segtune.report import build_report
     from segtune.results import format_summary
@@ -300,4 +305,3 @@ def report(job: Prepared, summary: dict[str, Any]) -> None:
               file=sys.stderr, flush=True)
     job.storage.upload()
     print(format_summary(summary), flush=True)
-    ray.shutdown()

@@ -14,9 +14,9 @@ BUILD_KEYS = ("build_seconds", "build_images", "build_threads", "build_img_s_cor
 
 
 def run_quick(script: str, tmp_path, env: dict | None = None, timeout: float = 300) -> tuple[str, dict]:
-    """Run a bench script with --quick; its stdout and the figures it wrote to --json."""
+    """Run a bench script (a path, or ``-m module``) with --quick; its stdout and the figures it wrote to --json."""
     out = tmp_path / "figures.json"
-    proc = run_cli(script, "--quick", "--json", str(out), cwd=REPO, env=env, timeout=timeout)
+    proc = run_cli(*script.split(), "--quick", "--json", str(out), cwd=REPO, env=env, timeout=timeout)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc.stdout, json.loads(out.read_text())
 
@@ -61,6 +61,17 @@ def test_quick_sweep_efficiency_runs_and_writes_json(tmp_path):
     assert plain["trials"] == 4 and plain["wall_s"] > 0
     assert plain["plain_over_sweep"] == pytest.approx(plain["wall_s"] / fig["runs"]["auto"]["wall_s"], rel=0.01)
     assert "the sweep is" in stdout and "faster" in stdout
+
+
+def test_quick_epoch_overhead_times_the_same_epochs_four_ways(tmp_path):
+    stdout, fig = run_quick("-m bench.epoch_overhead", tmp_path)
+    assert (fig["arch"], fig["epochs"]) == ("unet", 2)
+    assert fig["epochs_reported"] == [2]  # every trial loop ran and reported both epochs
+    assert set(fig["seconds"]) == {"bare", "loop", "policy", "policy_lightning_io"}
+    for name, seconds in fig["seconds"].items():
+        assert all(s > 0 for s in seconds)
+        assert fig["over_bare"][name] == pytest.approx(min(seconds) / min(fig["seconds"]["bare"]), rel=0.01)
+    assert "x bare" in stdout
 
 
 @pytest.mark.slow
