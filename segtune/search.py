@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 from typing import Any, Optional
 
@@ -11,7 +12,11 @@ from ray.tune.search.optuna import OptunaSearch
 
 from segcore.metrics_names import EPOCH
 from segtune import compat, saved_state
+from segtune.results import ERRORED, trial_status
 from segtune.storage import OPTUNA_DB
+
+# user attributes of each Optuna trial: which Tune trial it is, and how it ended (trials.csv's status)
+RAY_TRIAL_ATTR, OUTCOME_ATTR = "ray_trial_id", "outcome"
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -32,7 +37,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         self.max_t = max_t
         self.time_attr = time_attr
         self._unwritten: dict[tuple[str, int], float] = {}  # (trial, step) -> value, not yet told to Optuna
-        self._untold: dict[str, tuple[int, Any, Optional[float]]] = {}  # trial -> (last step, state, value)
+        # trial -> (last step, state, value, outcome); sweeps saved before the outcome was kept hold 3-tuples
+        self._untold: dict[str, tuple] = {}
         self._orphans: Optional[list[optuna.trial.Trial]] = None  # found at the first suggest
         saved_state.after_commit(self.write_committed)
 
@@ -58,7 +64,15 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             orphan = self._orphans.pop(0)
             complete_params(orphan, compat.optuna_space(self))  # a driver killed mid-ask leaves a partial proposal
             trials[trial_id] = orphan
-        return super().suggest(trial_id)
+        suggested = super().suggest(trial_id)
+        if trial_id in trials:
+            study = compat.study_of(self)
+            if not study.metric_names:  # optuna-dashboard and study.trials_dataframe() name the value by it
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names([self.metric])
+            trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return suggested
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         value = result.get(self.metric)
@@ -83,7 +97,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         if result:  # Tune hands a trial's final result here, not to on_trial_result
             self.on_trial_result(trial_id, result)
         state, value = outcome(result, error, self.metric, self.time_attr, self.max_t)
-        self._untold[trial_id] = (int((result or {}).get(self.time_attr) or 0), state, value)
+        label = trial_status(result or {}, self.max_t, errored=False, ended=True)
+        self._untold[trial_id] = (int((result or {}).get(self.time_attr) or 0), state, value, label)
         completed.add(trial_id)
 
     def _last_reported(self, trial_id: str) -> dict[str, Any]:
@@ -102,7 +117,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
         """Tell Optuna the values and endings whose result rows are now committed (``committed``: each trial's
         committed epochs). Written again after a resume, a value or ending Optuna already holds is left as is."""
         ready = [key for key in self._unwritten if key[1] <= committed.get(key[0], 0)]
-        endings = [t for t, (step, _, _) in self._untold.items() if step <= committed.get(t, 0)]
+        endings = [t for t, (step, *_) in self._untold.items() if step <= committed.get(t, 0)]
         if not ready and not endings:
             return
         study, trials = compat.study_of(self), compat.optuna_trials(self)
@@ -113,9 +128,11 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             del self._unwritten[(trial_id, step)]
         waiting = {trial_id for trial_id, _ in self._unwritten}  # values not yet committed: the ending waits too
         for trial_id in sorted(set(endings) - waiting):
-            _, state, value = self._untold.pop(trial_id)
+            _, state, value, *label = self._untold.pop(trial_id)
             number = trials[trial_id].number
             if not stored[number].state.is_finished():
+                if label:
+                    trials[trial_id].set_user_attr(OUTCOME_ATTR, label[0])
                 study.tell(number, value, state=state)
 
 
@@ -151,6 +168,7 @@ def fail_running(experiment_dir: Path, study_name: str) -> int:
     study = optuna.load_study(study_name=study_name, storage=optuna_storage(experiment_dir))
     running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     for trial in running:
+        compat.live_trial(study, trial).set_user_attr(OUTCOME_ATTR, ERRORED)
         study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
     return len(running)
 

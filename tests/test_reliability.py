@@ -233,3 +233,5 @@ def test_raising_trial_without_retries_is_errored_with_its_traceback_and_the_swe
     assert "3 trials: 2 completed, 0 stopped early, 0 diverged, 1 errored" in proc.stdout
     states = sorted(t.state.name for t in study(experiment).trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # an errored trial is never a result to Optuna
+    outcomes = {t.user_attrs["ray_trial_id"]: t.user_attrs["outcome"] for t in study(experiment).trials}
+    assert outcomes == {r["trial_id"]: r["status"] for r in rows}  # "errored" in both

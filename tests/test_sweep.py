@@ -90,6 +90,12 @@ def test_optuna_study_records_pruned_and_complete_trials(sweep):
             assert trial.value == pytest.approx(trial.intermediate_values[MAX_EPOCHS])
     assert study.best_value == pytest.approx(max(t.value for t in study.trials
                                                  if t.state == optuna.trial.TrialState.COMPLETE))
+    # named as the sweep names them: its metric, and for each trial the Tune trial and the outcome in trials.csv
+    assert study.metric_names == [SWEEP_METRIC]
+    by_id = {r["trial_id"]: r["status"] for r in rows}
+    assert sorted(t.user_attrs["ray_trial_id"] for t in study.trials) == sorted(by_id)
+    for trial in study.trials:
+        assert trial.user_attrs["outcome"] == by_id[trial.user_attrs["ray_trial_id"]]
 
 
 def test_tensorboard_holds_hparams_and_val_iou_for_every_trial(sweep):
