@@ -198,10 +198,10 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
     """Step 5. The Tuner: Tune's saved one for a resume, else a new one from the settings."""
     import ray
     from ray import tune
-    from ray.tune.logger import TBXLoggerCallback
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
     from segtune import compat, tune_callbacks
+    from segtune.board import TrialBoard
     from segtune.search import build_search
     from segtune.trial import train_trial
 
@@ -245,7 +245,8 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=SWEEP_METRIC,
                                                     checkpoint_score_order=SWEEP_MODE),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            callbacks=[saved_state.CommittedState(), TBXLoggerCallback(), tune_callbacks.StopWhenSaved(),
+            callbacks=[saved_state.CommittedState(), TrialBoard(job.space.searched, job.space.fixed, s.max_epochs),
+                       tune_callbacks.StopWhenSaved(),
                        tune_callbacks.Progress(s.max_epochs)],
             verbose=ray_verbosity),
     )

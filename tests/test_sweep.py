@@ -11,7 +11,7 @@ import pytest
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from conftest import SMALL_ENCODER, run_cli
+from conftest import REPO, SMALL_ENCODER, run_cli
 from segcore.metrics_names import SWEEP_METRIC
 
 pytestmark = pytest.mark.slow
@@ -98,26 +98,56 @@ def test_optuna_study_records_pruned_and_complete_trials(sweep):
         assert trial.user_attrs["outcome"] == by_id[trial.user_attrs["ray_trial_id"]]
 
 
-def test_tensorboard_holds_hparams_and_val_iou_for_every_trial(sweep):
+def hparams_data(acc: EventAccumulator, tag: str):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    return plugin_data_pb2.HParamsPluginData.FromString(acc.PluginTagToContent("hparams")[tag])
+
+
+def test_tensorboard_compares_trials_by_their_metrics_domains_and_outcomes(sweep):
+    from tensorboard.plugins.hparams import api_pb2
+
+    from segtune.board import SCALARS
+
     experiment, _ = sweep
+    rows = {r["trial_id"]: r for r in read_trials(experiment)}
     trial_dirs = sorted(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("trial_"))
-    assert len(trial_dirs) == NUM_SAMPLES
+    assert len(trial_dirs) == NUM_SAMPLES == len(rows)
+    statuses = {"completed": api_pb2.STATUS_SUCCESS, "stopped early": api_pb2.STATUS_UNKNOWN}
     for trial_dir in trial_dirs:
+        row = rows[trial_dir.name.removeprefix("trial_")]
         acc = EventAccumulator(str(trial_dir), size_guidance={"scalars": 0, "tensors": 0})
         acc.Reload()
-        scalars = acc.Tags()["scalars"]
-        epochs = int(json.loads((trial_dir / "result.json").read_text().splitlines()[-1])["training_iteration"])
-        for tag in (f"ray/tune/{SWEEP_METRIC}", "ray/tune/train/loss", "ray/tune/lr"):
-            assert tag in scalars, (trial_dir.name, scalars)
-        assert len(acc.Scalars(f"ray/tune/{SWEEP_METRIC}")) == epochs
-        hparams = acc.PluginTagToContent("hparams")
-        assert "_hparams_/session_start_info" in hparams, trial_dir.name
-        from tensorboard.plugins.hparams import plugin_data_pb2
-
-        start = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/session_start_info"])
-        assert "lr" in start.session_start_info.hparams
-        experiment_info = plugin_data_pb2.HParamsPluginData.FromString(hparams["_hparams_/experiment"]).experiment
-        assert f"ray/tune/{SWEEP_METRIC}" in [m.name.tag for m in experiment_info.metric_infos]
+        scalars = set(acc.Tags()["scalars"])
+        # the names a Lightning user knows, one point per epoch run; none of Ray's bookkeeping
+        assert scalars == {*SCALARS, f"{SWEEP_METRIC}_best", "epochs"}, (trial_dir.name, scalars)
+        epochs = int(row["epochs"])
+        assert [e.step for e in acc.Scalars(SWEEP_METRIC)] == list(range(1, epochs + 1))
+        assert acc.Scalars(f"{SWEEP_METRIC}_best")[-1].value == pytest.approx(float(row[f"best_{SWEEP_METRIC}"]),
+                                                                          abs=1e-5)
+        # one session per trial: its values, its outcome as in trials.csv, how it ended
+        start = hparams_data(acc, "_hparams_/session_start_info").session_start_info
+        assert start.hparams["outcome"].string_value == row["status"]
+        assert start.hparams["lr"].number_value == pytest.approx(float(row["param.lr"]), rel=1e-5)
+        assert start.hparams["arch"].string_value == row["param.arch"]
+        end = hparams_data(acc, "_hparams_/session_end_info").session_end_info
+        assert end.status == statuses[row["status"]]
+    # the experiment's configuration, at its root: every searched key with its domain, the metrics to compare
+    root = EventAccumulator(str(experiment))
+    root.Reload()
+    config = hparams_data(root, "_hparams_/experiment").experiment
+    infos = {h.name: h for h in config.hparam_infos}
+    space = yaml.safe_load((REPO / "search_spaces" / "smoke.yaml").read_text())
+    searched = [k for k, v in space.items() if isinstance(v, dict) and k not in ("encoder", "image_size")]  # --set
+    assert list(infos)[:len(searched)] == searched  # the searched keys first, in the space's order
+    assert {"encoder", "image_size", "encoder_weights"} <= set(infos)  # the fixed ones too, one value each
+    assert [v.number_value for v in infos["image_size"].domain_discrete.values] == [64]
+    assert (infos["lr"].domain_interval.min_value, infos["lr"].domain_interval.max_value) == (1.0e-4, 3.0e-2)
+    assert [v.string_value for v in infos["arch"].domain_discrete.values] == ["fpn", "unet"]
+    assert [v.number_value for v in infos["batch_size"].domain_discrete.values] == [8, 16]
+    assert {v.string_value for v in infos["outcome"].domain_discrete.values} >= {"completed", "stopped early",
+                                                                                  "diverged", "errored"}
+    assert [m.name.tag for m in config.metric_infos] == [f"{SWEEP_METRIC}_best", SWEEP_METRIC, "epochs", "val/loss"]
 
 
 def test_best_config_trains_with_segcore_train(sweep, tmp_path):

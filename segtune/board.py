@@ -1,0 +1,175 @@
+"""TensorBoard for comparing trials: each trial's metrics under the names a Lightning user knows, and an HParams
+session per trial with the space's domains, its outcome and its best / last ``val/iou``.
+
+Replaces Ray's TBXLoggerCallback, which logs every number of a result under ``ray/tune/`` (Ray's bookkeeping first),
+declares no domains, and records a trial ASHA stopped after one epoch as a successful session.
+
+Written by the driver from the results Tune hands it: scalars as each epoch reports, at step = the epoch; a trial's
+session when it ends (a trial resumed after a kill ends once more and rewrites its session: one per run). The
+experiment's HParams configuration (every hparam with its domain, the metrics) is written once, at its root.
+"""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+from ray.tune.logger import LoggerCallback
+
+from segcore.metrics_names import EPOCH, EVAL_METRICS, LEARNING_RATE, SWEEP_METRIC, TRAIN_LOSS, stage_metric
+from segtune.results import COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, UNFINISHED, trial_status
+
+SCALARS = (TRAIN_LOSS, *(stage_metric("val", m) for m in EVAL_METRICS), LEARNING_RATE)
+BEST, EPOCHS = f"{SWEEP_METRIC}_best", "epochs"  # scalars kept for HParams: the best so far, the epochs run
+OUTCOME = "outcome"  # an hparam of every session: trials.csv's status, to filter by
+CONFIG_SUFFIX = ".hparams-config"  # the experiment root's events file holding the HParams configuration
+
+
+def domains(searched: dict[str, tuple[str, list]], fixed: dict[str, Any]) -> dict[str, tuple[str, list]]:
+    """name -> ("real" | "int" | "discrete", bounds or values): the searched keys first (shown first), then the
+    fixed ones (one value each), then the outcome."""
+    out: dict[str, tuple[str, list]] = {}
+    for key, (kind, args) in searched.items():
+        if kind in ("loguniform", "uniform"):
+            out[key] = ("real", [float(args[0]), float(args[1])])
+        elif kind == "int":
+            out[key] = ("int", [int(args[0]), int(args[1])])
+        else:
+            out[key] = ("discrete", [_value(v) for v in args])
+    for key, value in fixed.items():
+        out.setdefault(key, ("discrete", [_value(value)]))
+    out[OUTCOME] = ("discrete", list(STATUSES))
+    return out
+
+
+def _value(value: Any) -> Any:
+    """HParams take bool, number or string values."""
+    return value if isinstance(value, (bool, int, float, str)) else str(value)
+
+
+class TrialBoard(LoggerCallback):
+    def __init__(self, searched: dict[str, tuple[str, list]], fixed: dict[str, Any], max_epochs: int):
+        self.domains = domains(searched, fixed)
+        self.max_epochs = max_epochs
+        self._writers: dict[str, Any] = {}  # trial id -> SummaryWriter (not pickled with Tune's state)
+        self._best: dict[str, float] = {}
+        self._started: dict[str, float] = {}
+
+    def __getstate__(self) -> dict:
+        return {"domains": self.domains, "max_epochs": self.max_epochs}
+
+    def __setstate__(self, state: dict) -> None:
+        self.domains, self.max_epochs = state["domains"], state["max_epochs"]
+        self._writers, self._best, self._started = {}, {}, {}
+
+    # ----- Tune's LoggerCallback hooks ------------------------------------------------------------------------
+    def log_trial_start(self, trial) -> None:
+        trial.init_local_path()
+        self._write_config(Path(trial.local_path).parent)
+        self._started.setdefault(trial.trial_id, time.time())
+
+    def log_trial_result(self, iteration: int, trial, result: dict) -> None:
+        step = result.get(EPOCH)
+        if step is None:
+            return
+        writer = self._writer(trial)
+        for tag in SCALARS:
+            value = result.get(tag)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                writer.add_scalar(tag, value, global_step=int(step))
+        value = result.get(SWEEP_METRIC)
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            self._best[trial.trial_id] = max(value, self._best.get(trial.trial_id, -math.inf))
+        if trial.trial_id in self._best:
+            writer.add_scalar(BEST, self._best[trial.trial_id], global_step=int(step))
+        writer.add_scalar(EPOCHS, int(step), global_step=int(step))
+        writer.flush()  # an epoch takes seconds: TensorBoard shows it now, not in 30 s
+
+    def log_trial_end(self, trial, failed: bool = False) -> None:
+        last = trial.last_result or {}
+        status = trial_status(last, self.max_epochs, errored=failed, ended=not failed)
+        writer = self._writer(trial)
+        for summary in session_summaries(self.domains, trial.config, status, trial.trial_id,
+                                         self._started.get(trial.trial_id)):
+            writer.file_writer.add_summary(summary)
+        writer.close()
+        self._writers.pop(trial.trial_id, None)
+
+    # ----- writing --------------------------------------------------------------------------------------------
+    def _writer(self, trial):
+        if trial.trial_id not in self._writers:
+            from torch.utils.tensorboard import SummaryWriter
+
+            trial.init_local_path()
+            self._writers[trial.trial_id] = SummaryWriter(trial.local_path)
+        return self._writers[trial.trial_id]
+
+    def _write_config(self, experiment: Path) -> None:
+        if any(experiment.glob(f"events.out.tfevents.*{CONFIG_SUFFIX}")):
+            return  # written by this sweep before (a resume): one configuration per experiment
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(experiment), filename_suffix=CONFIG_SUFFIX)
+        writer.file_writer.add_summary(config_summary(self.domains))
+        writer.close()
+
+
+def _hparam(name: str, kind: str, values: list):
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    if kind == "real":
+        return hp.HParam(name, hp.RealInterval(*values))
+    if kind == "int":
+        return hp.HParam(name, hp.IntInterval(*values))
+    kinds = {type(v) for v in values}
+    if len(kinds) > 1:  # Discrete takes one type: mixed choices are shown as strings
+        values = [str(v) for v in values]
+    return hp.HParam(name, hp.Discrete(values))
+
+
+def config_summary(doms: dict[str, tuple[str, list]]):
+    """The experiment's HParams configuration: every hparam with its domain, and the metrics to compare."""
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    metrics = [hp.Metric(BEST, display_name=f"best {SWEEP_METRIC}"),
+               hp.Metric(SWEEP_METRIC, display_name=f"last {SWEEP_METRIC}"),
+               hp.Metric(EPOCHS, display_name="epochs run"),
+               hp.Metric(stage_metric("val", "loss"), display_name="last val/loss")]
+    return hp.hparams_config_pb([_hparam(name, kind, values) for name, (kind, values) in doms.items()], metrics)
+
+
+def session_summaries(doms: dict[str, tuple[str, list]], config: dict[str, Any], status: str, trial_id: str,
+                      started: Optional[float]) -> list:
+    """A trial's HParams session: its values of every hparam (and its outcome), then how it ended."""
+    from tensorboard.plugins.hparams import api_pb2
+    from tensorboard.plugins.hparams import summary_v2 as hp
+
+    values = {}
+    for name, (kind, choices) in doms.items():
+        if name == OUTCOME:
+            values[name] = status
+        elif name in config:
+            value = _value(config[name])
+            values[name] = str(value) if kind == "discrete" and any(isinstance(c, str) for c in choices) \
+                and not isinstance(value, str) else value
+    start = hp.hparams_pb(values, trial_id=trial_id, start_time_secs=started)
+    # TensorBoard's statuses are success, failure, running and unknown: a trial the scheduler stopped is no
+    # success (its value is of a fraction of the budget), nor a failure; the outcome hparam names it exactly
+    ended = {COMPLETED: api_pb2.STATUS_SUCCESS, STOPPED: api_pb2.STATUS_UNKNOWN, DIVERGED: api_pb2.STATUS_FAILURE,
+             ERRORED: api_pb2.STATUS_FAILURE, UNFINISHED: api_pb2.STATUS_RUNNING}[status]
+    return [start, _session_end(ended)]
+
+
+def _session_end(status: int):
+    """The session's end as TensorBoard's HParams plugin reads it (its own summary helper for this needs
+    TensorFlow; this is the same proto, as torch.utils.tensorboard builds it)."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    content = plugin_data_pb2.HParamsPluginData(
+        version=metadata.PLUGIN_DATA_VERSION,
+        session_end_info=plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=int(time.time())))
+    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
+    tagged = Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin))
+    return Summary(value=[tagged])
