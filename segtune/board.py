@@ -21,7 +21,7 @@ from segcore.metrics_names import EPOCH, EVAL_METRICS, LEARNING_RATE, SWEEP_METR
 from segtune.results import COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, UNFINISHED, trial_status
 
 SCALARS = (TRAIN_LOSS, *(stage_metric("val", m) for m in EVAL_METRICS), LEARNING_RATE)
-BEST, EPOCHS = f"{SWEEP_METRIC}_best", "epochs"  # scalars kept for HParams: the best so far, the epochs run
+BEST, EPOCHS = f"{SWEEP_METRIC}_best", "trial/epochs"  # for HParams: the best so far, the epochs run
 OUTCOME = "outcome"  # an hparam of every session: trials.csv's status, to filter by
 CONFIG_SUFFIX = ".hparams-config"  # the experiment root's events file holding the HParams configuration
 
@@ -128,15 +128,31 @@ def _hparam(name: str, kind: str, values: list):
     return hp.HParam(name, hp.Discrete(values))
 
 
+def shown_first(doms: dict[str, tuple[str, list]]) -> set[str]:
+    """The hparams TensorBoard's table shows by default. It shows five: those marked ``differs`` first, by name. The
+    intervals searched (lr, weight decay: what matters most) and the outcome are marked; the choices fill the rest."""
+    return {name for name, (kind, values) in doms.items() if kind in ("real", "int")} | {OUTCOME}
+
+
 def config_summary(doms: dict[str, tuple[str, list]]):
     """The experiment's HParams configuration: every hparam with its domain, and the metrics to compare."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
     from tensorboard.plugins.hparams import summary_v2 as hp
 
     metrics = [hp.Metric(BEST, display_name=f"best {SWEEP_METRIC}"),
                hp.Metric(SWEEP_METRIC, display_name=f"last {SWEEP_METRIC}"),
                hp.Metric(EPOCHS, display_name="epochs run"),
                hp.Metric(stage_metric("val", "loss"), display_name="last val/loss")]
-    return hp.hparams_config_pb([_hparam(name, kind, values) for name, (kind, values) in doms.items()], metrics)
+    summary = hp.hparams_config_pb([_hparam(name, kind, values) for name, (kind, values) in doms.items()], metrics)
+    # hparams_config_pb has no argument for HParamInfo.differs: set on its proto
+    value = summary.value[0]
+    data = plugin_data_pb2.HParamsPluginData.FromString(value.metadata.plugin_data.content)
+    first = shown_first(doms)
+    for info in data.experiment.hparam_infos:
+        info.differs = info.name in first
+    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString())
+    return Summary(value=[Summary.Value(tag=value.tag, metadata=SummaryMetadata(plugin_data=plugin))])
 
 
 def session_summaries(doms: dict[str, tuple[str, list]], config: dict[str, Any], status: str, trial_id: str,

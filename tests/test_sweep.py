@@ -107,7 +107,7 @@ def hparams_data(acc: EventAccumulator, tag: str):
 def test_tensorboard_compares_trials_by_their_metrics_domains_and_outcomes(sweep):
     from tensorboard.plugins.hparams import api_pb2
 
-    from segtune.board import SCALARS
+    from segtune.board import BEST, EPOCHS, SCALARS
 
     experiment, _ = sweep
     rows = {r["trial_id"]: r for r in read_trials(experiment)}
@@ -120,10 +120,10 @@ def test_tensorboard_compares_trials_by_their_metrics_domains_and_outcomes(sweep
         acc.Reload()
         scalars = set(acc.Tags()["scalars"])
         # the names a Lightning user knows, one point per epoch run; none of Ray's bookkeeping
-        assert scalars == {*SCALARS, f"{SWEEP_METRIC}_best", "epochs"}, (trial_dir.name, scalars)
+        assert scalars == {*SCALARS, BEST, EPOCHS}, (trial_dir.name, scalars)
         epochs = int(row["epochs"])
         assert [e.step for e in acc.Scalars(SWEEP_METRIC)] == list(range(1, epochs + 1))
-        assert acc.Scalars(f"{SWEEP_METRIC}_best")[-1].value == pytest.approx(float(row[f"best_{SWEEP_METRIC}"]),
+        assert acc.Scalars(BEST)[-1].value == pytest.approx(float(row[f"best_{SWEEP_METRIC}"]),
                                                                           abs=1e-5)
         # one session per trial: its values, its outcome as in trials.csv, how it ended
         start = hparams_data(acc, "_hparams_/session_start_info").session_start_info
@@ -147,7 +147,9 @@ def test_tensorboard_compares_trials_by_their_metrics_domains_and_outcomes(sweep
     assert [v.number_value for v in infos["batch_size"].domain_discrete.values] == [8, 16]
     assert {v.string_value for v in infos["outcome"].domain_discrete.values} >= {"completed", "stopped early",
                                                                                   "diverged", "errored"}
-    assert [m.name.tag for m in config.metric_infos] == [f"{SWEEP_METRIC}_best", SWEEP_METRIC, "epochs", "val/loss"]
+    assert [m.name.tag for m in config.metric_infos] == [BEST, SWEEP_METRIC, EPOCHS, "val/loss"]
+    # shown by default (TensorBoard shows five, "differs" first): the intervals searched and the outcome
+    assert {name for name, info in infos.items() if info.differs} == {"lr", "weight_decay", "outcome"}
 
 
 def test_best_config_trains_with_segcore_train(sweep, tmp_path):
