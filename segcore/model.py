@@ -67,6 +67,7 @@ class SegmentationModule(pl.LightningModule):
             self.net = self.net.to(memory_format=torch.channels_last)
         self.val_sample: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
         self._eval_loss_sum: torch.Tensor | float = 0.0  # this evaluation's loss, summed on the device
+        self._step_losses: list[torch.Tensor] = []  # this epoch's training losses, kept on the device
 
     @classmethod
     def from_checkpoint(cls, path: str, map_location: str = "cpu") -> "SegmentationModule":
@@ -126,9 +127,15 @@ class SegmentationModule(pl.LightningModule):
         loss = self._shared_step(batch, "train")
         # Checked once per epoch, not per step: a per-step .item() would stall the GPU pipeline.
         self._last_loss = loss.detach()
+        self._step_losses.append(self._last_loss)
         return loss
 
+    def step_losses(self) -> list[float]:
+        """This epoch's training loss at each step (this process's steps), read from the device at once."""
+        return torch.stack(self._step_losses).float().tolist() if self._step_losses else []
+
     def on_train_epoch_start(self) -> None:
+        self._step_losses = []
         # the LR this epoch starts with; logged here so it is in the metrics reported at validation end
         opt = self.optimizers()
         opt = opt.optimizer if hasattr(opt, "optimizer") else opt

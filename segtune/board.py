@@ -4,7 +4,8 @@ session per trial with the space's domains, its outcome and its best / last ``va
 Replaces Ray's TBXLoggerCallback, which logs every number of a result under ``ray/tune/`` (Ray's bookkeeping first),
 declares no domains, and records a trial ASHA stopped after one epoch as a successful session.
 
-Written by the driver from the results Tune hands it: scalars as each epoch reports, at step = the epoch; a trial's
+Written by the driver from the results Tune hands it: scalars as each epoch reports, at step = the epoch (the
+training loss of every step too, ``train/loss_step``, at step = the trial's step, reported once per epoch); a trial's
 session when it ends (a trial resumed after a kill ends once more and rewrites its session: one per run). The
 experiment's HParams configuration (every hparam with its domain, the metrics) is written once, at its root.
 """
@@ -17,7 +18,15 @@ from typing import Any, Optional
 
 from ray.tune.logger import LoggerCallback
 
-from segcore.metrics_names import EPOCH, EVAL_METRICS, LEARNING_RATE, SWEEP_METRIC, TRAIN_LOSS, stage_metric
+from segcore.metrics_names import (
+    EPOCH,
+    EVAL_METRICS,
+    LEARNING_RATE,
+    SWEEP_METRIC,
+    TRAIN_LOSS,
+    TRAIN_LOSS_STEP,
+    stage_metric,
+)
 from segtune.results import COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, UNFINISHED, trial_status
 
 SCALARS = (TRAIN_LOSS, *(stage_metric("val", m) for m in EVAL_METRICS), LEARNING_RATE)
@@ -84,6 +93,12 @@ class TrialBoard(LoggerCallback):
         if trial.trial_id in self._best:
             writer.add_scalar(BEST, self._best[trial.trial_id], global_step=int(step))
         writer.add_scalar(EPOCHS, int(step), global_step=int(step))
+        steps = result.get(TRAIN_LOSS_STEP)
+        if isinstance(steps, list) and steps:  # this epoch's steps, numbered from the trial's first step
+            first = (int(step) - 1) * len(steps)
+            for i, loss in enumerate(steps, start=1):
+                if isinstance(loss, (int, float)) and math.isfinite(loss):
+                    writer.add_scalar(TRAIN_LOSS_STEP, loss, global_step=first + i)
         writer.flush()  # an epoch takes seconds: TensorBoard shows it now, not in 30 s
 
     def log_trial_end(self, trial, failed: bool = False) -> None:

@@ -23,7 +23,7 @@ from ray import tune
 from segcore.build import build_module, describe_device, make_trainer, on_gpu, quiet_lightning
 from segcore.config import TrainConfig
 from segcore.data import PetsDataModule
-from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC, SWEEP_MODE
+from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC, SWEEP_MODE, TRAIN_LOSS_STEP
 from segcore.model import DivergedError
 from segtune import checkpoint_policy as policies
 from segtune.checkpoint_policy import FULL, WEIGHTS, CheckpointClock, CheckpointPolicy
@@ -69,6 +69,8 @@ class ReportEachEpoch(pl.Callback):
         if trainer.sanity_checking:
             return
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if hasattr(pl_module, "step_losses"):
+            metrics[TRAIN_LOSS_STEP] = pl_module.step_losses()  # one host sync for the epoch's steps
         epoch = trainer.current_epoch + 1
         metrics.update(self.extra, **{EPOCH: epoch})
         value = metrics.get(SWEEP_METRIC, math.nan)

@@ -120,9 +120,15 @@ def test_tensorboard_compares_trials_by_their_metrics_domains_and_outcomes(sweep
         acc.Reload()
         scalars = set(acc.Tags()["scalars"])
         # the names a Lightning user knows, one point per epoch run; none of Ray's bookkeeping
-        assert scalars == {*SCALARS, BEST, EPOCHS}, (trial_dir.name, scalars)
+        assert scalars == {*SCALARS, BEST, EPOCHS, "train/loss_step"}, (trial_dir.name, scalars)
         epochs = int(row["epochs"])
         assert [e.step for e in acc.Scalars(SWEEP_METRIC)] == list(range(1, epochs + 1))
+        # the training loss of every step, numbered on from epoch to epoch; the epoch's value is their mean
+        steps = acc.Scalars("train/loss_step")
+        per_epoch = len(steps) // epochs
+        assert per_epoch >= 1 and [e.step for e in steps] == list(range(1, epochs * per_epoch + 1))
+        first_epoch = sum(e.value for e in steps[:per_epoch]) / per_epoch
+        assert acc.Scalars("train/loss")[0].value == pytest.approx(first_epoch, rel=1e-4)
         assert acc.Scalars(BEST)[-1].value == pytest.approx(float(row[f"best_{SWEEP_METRIC}"]),
                                                                           abs=1e-5)
         # one session per trial: its values, its outcome as in trials.csv, how it ended
