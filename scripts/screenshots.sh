@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The README's pictures: TensorBoard's HParams and time-series pages and report.md, as a reader sees them, rendered
+# in headless Chromium (Debian's `chromium` package) and written to docs/img/. Not part of `make test`.
+#
+#   scripts/screenshots.sh                      # runs a small sweep of the smoke space first (~2 min on 2 cores)
+#   scripts/screenshots.sh results/demo-...     # or pictures of an experiment you have
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+OUT=docs/img
+command -v chromium >/dev/null || { echo "error: chromium not found (Debian: apt-get install chromium)" >&2; exit 2; }
+test -x "$PY" || { echo "error: $PY not found: run make venv first" >&2; exit 2; }
+
+experiment=${1:-}
+work=$(mktemp -d)
+trap 'kill "${tb_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+if [ -z "$experiment" ]; then
+    "$PY" tune_main.py --synthetic --data-dir data/synthetic --space smoke --num-samples 8 --max-epochs 4 \
+        --grace-period 1 --reduction-factor 2 --storage-path "$work/results" --name screenshots --seed 0
+    experiment="$work/results/screenshots"
+fi
+test -f "$experiment/report.md" || { echo "error: $experiment: no report.md (not a finished sweep?)" >&2; exit 2; }
+
+# TensorBoard on the loopback only, on a free port
+port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
+"$PY" -m tensorboard.main --logdir "$experiment" --host 127.0.0.1 --port "$port" >"$work/tensorboard.log" 2>&1 &
+tb_pid=$!
+for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.5; done
+
+shot() {  # url, file: a 1400x900 page once its scripts have run
+    chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,900 \
+        --virtual-time-budget=15000 --screenshot="$2" "$1" 2>/dev/null
+}
+mkdir -p "$OUT"
+shot "http://127.0.0.1:$port/#hparams" "$OUT/tensorboard-hparams.png"
+shot "http://127.0.0.1:$port/#timeseries" "$OUT/tensorboard-time-series.png"
+
+# report.md as a page: its plots are files next to it
+"$PY" - "$experiment" "$work/report.html" <<'EOF'
+import sys
+from pathlib import Path
+
+import markdown
+
+experiment, out = Path(sys.argv[1]).resolve(), Path(sys.argv[2])
+body = markdown.markdown((experiment / "report.md").read_text(), extensions=["tables"])
+style = ("body{font-family:sans-serif;max-width:1300px;margin:20px auto}table{border-collapse:collapse}"
+         "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:640px}")
+out.write_text(f'<html><head><base href="file://{experiment}/"><style>{style}</style></head><body>{body}</body></html>')
+EOF
+shot "file://$work/report.html" "$OUT/report.png"
+ls -l "$OUT"
