@@ -9,7 +9,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 from torchvision.utils import make_grid
 
-from segcore.metrics_names import EVAL_METRICS, SWEEP_METRIC, stage_metric
+from segcore.metrics_names import EVAL_METRICS, SWEEP_METRIC, VAL_PREDICTIONS, stage_metric
 
 
 def tensorboard_of(trainer: pl.Trainer):
@@ -66,6 +66,24 @@ def comparison_grid(images: torch.Tensor, truth: torch.Tensor, pred: torch.Tenso
     return make_grid(torch.cat(rows), nrow=3, padding=2, pad_value=255)
 
 
+def encoded_grid(grid: torch.Tensor, tile: int = 128, quality: int = 85) -> str:
+    """A comparison grid as a JPEG in base64 text (what travels in a sweep's result rows), each image at most
+    ``tile`` pixels wide: a few kilobytes per epoch."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = Image.fromarray(grid.permute(1, 2, 0).contiguous().numpy())
+    columns = 3
+    width = min(image.width, columns * (tile + 2))
+    if width < image.width:
+        image = image.resize((width, round(image.height * width / image.width)), Image.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
 class OverlayImagesCallback(pl.Callback):
     """After each validation epoch, a few validation images with their truth and the current prediction."""
 
@@ -74,4 +92,4 @@ class OverlayImagesCallback(pl.Callback):
         sample = getattr(pl_module, "val_sample", None)
         if writer is None or sample is None or trainer.sanity_checking or trainer.global_rank != 0:
             return
-        writer.add_image("val/predictions", comparison_grid(*sample), global_step=trainer.current_epoch)
+        writer.add_image(VAL_PREDICTIONS, comparison_grid(*sample), global_step=trainer.current_epoch)

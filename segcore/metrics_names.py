@@ -5,6 +5,7 @@ SWEEP_MODE = "max"
 
 TRAIN_LOSS = "train/loss"
 TRAIN_LOSS_STEP = "train/loss_step"  # each training step's loss, read once per epoch (as Lightning names it)
+VAL_PREDICTIONS = "val/predictions"  # image | truth | prediction of the first validation images
 LEARNING_RATE = "lr"
 EPOCH = "epoch"  # epochs completed, reported with every sweep result: ASHA's rungs and Optuna's steps count it
 DIVERGED = "diverged"  # 1 in the last result of a trial whose loss became NaN / infinite (its val/iou is NaN)

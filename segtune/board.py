@@ -5,7 +5,8 @@ Replaces Ray's TBXLoggerCallback, which logs every number of a result under ``ra
 declares no domains, and records a trial ASHA stopped after one epoch as a successful session.
 
 Written by the driver from the results Tune hands it: scalars as each epoch reports, at step = the epoch (the
-training loss of every step too, ``train/loss_step``, at step = the trial's step, reported once per epoch); a trial's
+training loss of every step too, ``train/loss_step``, at step = the trial's step, reported once per epoch, and the
+first validation images with their truth and prediction, ``val/predictions``, sent as a small JPEG); a trial's
 session when it ends (a trial resumed after a kill ends once more and rewrites its session: one per run). The
 experiment's HParams configuration (every hparam with its domain, the metrics) is written once, at its root.
 """
@@ -25,6 +26,7 @@ from segcore.metrics_names import (
     SWEEP_METRIC,
     TRAIN_LOSS,
     TRAIN_LOSS_STEP,
+    VAL_PREDICTIONS,
     stage_metric,
 )
 from segtune.results import COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, UNFINISHED, trial_status
@@ -93,6 +95,8 @@ class TrialBoard(LoggerCallback):
         if trial.trial_id in self._best:
             writer.add_scalar(BEST, self._best[trial.trial_id], global_step=int(step))
         writer.add_scalar(EPOCHS, int(step), global_step=int(step))
+        if isinstance(result.get(VAL_PREDICTIONS), str):
+            writer.file_writer.add_summary(jpeg_summary(VAL_PREDICTIONS, result[VAL_PREDICTIONS]), int(step))
         steps = result.get(TRAIN_LOSS_STEP)
         if isinstance(steps, list) and steps:  # this epoch's steps, numbered from the trial's first step
             first = (int(step) - 1) * len(steps)
@@ -128,6 +132,21 @@ class TrialBoard(LoggerCallback):
         writer = SummaryWriter(str(experiment), filename_suffix=CONFIG_SUFFIX)
         writer.file_writer.add_summary(config_summary(self.domains))
         writer.close()
+
+
+def jpeg_summary(tag: str, encoded: str):
+    """An image summary of a base64 JPEG (segcore.callbacks.encoded_grid), written as it is: no decoding."""
+    import base64
+    import io
+
+    from PIL import Image
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    data = base64.b64decode(encoded)
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+    return Summary(value=[Summary.Value(tag=tag, image=Summary.Image(height=height, width=width, colorspace=3,
+                                                                      encoded_image_string=data))])
 
 
 def _hparam(name: str, kind: str, values: list):

@@ -21,9 +21,10 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from ray import tune
 
 from segcore.build import build_module, describe_device, make_trainer, on_gpu, quiet_lightning
+from segcore.callbacks import comparison_grid, encoded_grid
 from segcore.config import TrainConfig
 from segcore.data import PetsDataModule
-from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC, SWEEP_MODE, TRAIN_LOSS_STEP
+from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC, SWEEP_MODE, TRAIN_LOSS_STEP, VAL_PREDICTIONS
 from segcore.model import DivergedError
 from segtune import checkpoint_policy as policies
 from segtune.checkpoint_policy import FULL, WEIGHTS, CheckpointClock, CheckpointPolicy
@@ -71,6 +72,9 @@ class ReportEachEpoch(pl.Callback):
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
         if hasattr(pl_module, "step_losses"):
             metrics[TRAIN_LOSS_STEP] = pl_module.step_losses()  # one host sync for the epoch's steps
+        sample = getattr(pl_module, "val_sample", None)
+        if sample is not None and trainer.global_rank == 0:  # the first validation images, the same every epoch
+            metrics[VAL_PREDICTIONS] = encoded_grid(comparison_grid(*sample))
         epoch = trainer.current_epoch + 1
         metrics.update(self.extra, **{EPOCH: epoch})
         value = metrics.get(SWEEP_METRIC, math.nan)

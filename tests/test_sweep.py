@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import re
 from pathlib import Path
@@ -129,6 +130,14 @@ def test_tensorboard_compares_trials_by_their_metrics_domains_and_outcomes(sweep
         assert per_epoch >= 1 and [e.step for e in steps] == list(range(1, epochs * per_epoch + 1))
         first_epoch = sum(e.value for e in steps[:per_epoch]) / per_epoch
         assert acc.Scalars("train/loss")[0].value == pytest.approx(first_epoch, rel=1e-4)
+        # what the trial learned: image | truth | prediction of the first validation images, at every epoch it ran
+        assert acc.Tags()["images"] == ["val/predictions"]
+        images = acc.Images("val/predictions")
+        assert [i.step for i in images] == list(range(1, epochs + 1))
+        from PIL import Image
+
+        with Image.open(io.BytesIO(images[-1].encoded_image_string)) as grid:
+            assert grid.format == "JPEG" and abs(grid.width / grid.height - 3 / 4) < 0.1  # 3 columns x 4 images
         assert acc.Scalars(BEST)[-1].value == pytest.approx(float(row[f"best_{SWEEP_METRIC}"]),
                                                                           abs=1e-5)
         # one session per trial: its values, its outcome as in trials.csv, how it ended
