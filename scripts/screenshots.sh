@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# The README's pictures: TensorBoard's HParams and time-series pages and report.md, as a reader sees them, rendered
-# in headless Chromium (Debian's `chromium` package) and written to docs/img/. Not part of `make test`.
+# The README's pictures: TensorBoard's HParams, time-series and images pages and report.md, as a reader sees
+# them, rendered in headless Chromium (Debian's `chromium` package), written to docs/img/. Not part of `make test`.
 #
 #   scripts/screenshots.sh                      # runs a small sweep of the smoke space first (~2 min on 2 cores)
 #   scripts/screenshots.sh results/demo-...     # or pictures of an experiment you have
@@ -27,13 +27,15 @@ port=$("$PY" -c "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); p
 tb_pid=$!
 for _ in $(seq 60); do curl -sf "http://127.0.0.1:$port/" >/dev/null && break; sleep 0.5; done
 
-shot() {  # url, file: a 1400x900 page once its scripts have run
-    chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1400,900 \
-        --virtual-time-budget=15000 --screenshot="$2" "$1" 2>/dev/null
+shot() {  # url, file: a 1400x900 page once its scripts have run (WebGL in software: TensorBoard draws its
+    # charts with it, and without a GPU they come out empty)
+    chromium --headless --no-sandbox --use-angle=swiftshader --enable-unsafe-swiftshader --hide-scrollbars \
+        --window-size=1400,900 --virtual-time-budget=15000 --screenshot="$2" "$1" 2>/dev/null
 }
 mkdir -p "$OUT"
 shot "http://127.0.0.1:$port/#hparams" "$OUT/tensorboard-hparams.png"
 shot "http://127.0.0.1:$port/#timeseries" "$OUT/tensorboard-time-series.png"
+shot "http://127.0.0.1:$port/#images" "$OUT/tensorboard-images.png"
 
 # report.md as a page: its plots are files next to it
 "$PY" - "$experiment" "$work/report.html" <<'EOF'
@@ -49,4 +51,15 @@ style = ("body{font-family:sans-serif;max-width:1300px;margin:20px auto}table{bo
 out.write_text(f'<html><head><base href="file://{experiment}/"><style>{style}</style></head><body>{body}</body></html>')
 EOF
 shot "file://$work/report.html" "$OUT/report.png"
+# small files for the repository: 1000 px wide, 256 colours
+"$PY" - "$OUT"/*.png <<'EOF'
+import sys
+
+from PIL import Image
+
+for path in sys.argv[1:]:
+    with Image.open(path) as image:
+        small = image.convert("RGB").resize((1000, round(image.height * 1000 / image.width)), Image.LANCZOS)
+    small.quantize(256).save(path, optimize=True)
+EOF
 ls -l "$OUT"
