@@ -66,13 +66,14 @@ class TrialBoard(LoggerCallback):
         self._writers: dict[str, Any] = {}  # trial id -> SummaryWriter (not pickled with Tune's state)
         self._best: dict[str, float] = {}
         self._started: dict[str, float] = {}
+        self._written: dict[str, int] = {}  # trial id -> the last epoch written
 
     def __getstate__(self) -> dict:
         return {"domains": self.domains, "max_epochs": self.max_epochs}
 
     def __setstate__(self, state: dict) -> None:
         self.domains, self.max_epochs = state["domains"], state["max_epochs"]
-        self._writers, self._best, self._started = {}, {}, {}
+        self._writers, self._best, self._started, self._written = {}, {}, {}, {}
 
     # ----- Tune's LoggerCallback hooks ------------------------------------------------------------------------
     def log_trial_start(self, trial) -> None:
@@ -82,8 +83,10 @@ class TrialBoard(LoggerCallback):
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         step = result.get(EPOCH)
-        if step is None:
+        if step is None or int(step) <= self._written.get(trial.trial_id, 0):
+            # a retried trial runs again the epochs after its last full state: their first points stand
             return
+        self._written[trial.trial_id] = int(step)
         writer = self._writer(trial)
         for tag in SCALARS:
             value = result.get(tag)

@@ -213,6 +213,26 @@ def test_raising_trial_is_retried_from_its_checkpoint_and_nan_trials_end_diverge
     states = {t.params["lr"]: t.state for t in study(experiment).trials} if (experiment / "optuna.db").exists() \
         else {}
     assert not states  # --search random keeps no Optuna study
+    # TensorBoard: one HParams session per trial, the retried one included, with trials.csv's outcome
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    for row in rows:
+        acc = EventAccumulator(row["path"])
+        acc.Reload()
+        content = acc.PluginTagToContent("hparams")
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        end = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_end_info"])
+        assert start.session_start_info.hparams["outcome"].string_value == row["status"]
+        assert end.session_end_info.status == (api_pb2.STATUS_FAILURE if row["status"] == "diverged"
+                                               else api_pb2.STATUS_SUCCESS)
+        starts = [v for f in Path(row["path"]).glob("events.out.tfevents.*")
+                  for e in EventFileLoader(str(f)).Load() for v in e.summary.value
+                  if v.tag == "_hparams_/session_start_info"]
+        assert len(starts) == 1, row  # the retried trial ended once: one session
+        steps = [e.step for e in acc.Scalars(SWEEP_METRIC)] if row["status"] != "diverged" else []
+        assert steps == sorted(set(steps)), (row["path"], steps)  # each epoch's point once
 
 
 def test_raising_trial_without_retries_is_errored_with_its_traceback_and_the_sweep_goes_on(pets_root, tmp_path,
