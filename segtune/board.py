@@ -67,6 +67,7 @@ class TrialBoard(LoggerCallback):
         self._best: dict[str, float] = {}
         self._started: dict[str, float] = {}
         self._written: dict[str, int] = {}  # trial id -> the last epoch written
+        self._config_written = False  # the experiment's configuration, looked for once per driver process
 
     def __getstate__(self) -> dict:
         return {"domains": self.domains, "max_epochs": self.max_epochs}
@@ -74,6 +75,7 @@ class TrialBoard(LoggerCallback):
     def __setstate__(self, state: dict) -> None:
         self.domains, self.max_epochs = state["domains"], state["max_epochs"]
         self._writers, self._best, self._started, self._written = {}, {}, {}, {}
+        self._config_written = False
 
     # ----- Tune's LoggerCallback hooks ------------------------------------------------------------------------
     def log_trial_start(self, trial) -> None:
@@ -128,6 +130,9 @@ class TrialBoard(LoggerCallback):
         return self._writers[trial.trial_id]
 
     def _write_config(self, experiment: Path) -> None:
+        if self._config_written:
+            return
+        self._config_written = True
         if any(experiment.glob(f"events.out.tfevents.*{CONFIG_SUFFIX}")):
             return  # written by this sweep before (a resume): one configuration per experiment
         from torch.utils.tensorboard import SummaryWriter
@@ -173,8 +178,7 @@ def shown_first(doms: dict[str, tuple[str, list]]) -> set[str]:
 
 def config_summary(doms: dict[str, tuple[str, list]]):
     """The experiment's HParams configuration: every hparam with its domain, and the metrics to compare."""
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
-    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+    from tensorboard.plugins.hparams import plugin_data_pb2
     from tensorboard.plugins.hparams import summary_v2 as hp
 
     metrics = [hp.Metric(BEST, display_name=f"best {SWEEP_METRIC}"),
@@ -188,8 +192,7 @@ def config_summary(doms: dict[str, tuple[str, list]]):
     first = shown_first(doms)
     for info in data.experiment.hparam_infos:
         info.differs = info.name in first
-    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString())
-    return Summary(value=[Summary.Value(tag=value.tag, metadata=SummaryMetadata(plugin_data=plugin))])
+    return _plugin_summary(value.tag, data)
 
 
 def session_summaries(doms: dict[str, tuple[str, list]], config: dict[str, Any], status: str, trial_id: str,
@@ -217,12 +220,18 @@ def session_summaries(doms: dict[str, tuple[str, list]], config: dict[str, Any],
 def _session_end(status: int):
     """The session's end as TensorBoard's HParams plugin reads it (its own summary helper for this needs
     TensorFlow; this is the same proto, as torch.utils.tensorboard builds it)."""
-    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
     from tensorboard.plugins.hparams import metadata, plugin_data_pb2
 
     content = plugin_data_pb2.HParamsPluginData(
         version=metadata.PLUGIN_DATA_VERSION,
         session_end_info=plugin_data_pb2.SessionEndInfo(status=status, end_time_secs=int(time.time())))
-    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=content.SerializeToString())
-    tagged = Summary.Value(tag=metadata.SESSION_END_INFO_TAG, metadata=SummaryMetadata(plugin_data=plugin))
-    return Summary(value=[tagged])
+    return _plugin_summary(metadata.SESSION_END_INFO_TAG, content)
+
+
+def _plugin_summary(tag: str, data):
+    """A summary holding HParams plugin data ``data`` under ``tag``."""
+    from tensorboard.compat.proto.summary_pb2 import Summary, SummaryMetadata
+    from tensorboard.plugins.hparams import metadata
+
+    plugin = SummaryMetadata.PluginData(plugin_name=metadata.PLUGIN_NAME, content=data.SerializeToString())
+    return Summary(value=[Summary.Value(tag=tag, metadata=SummaryMetadata(plugin_data=plugin))])
