@@ -38,6 +38,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional
 
+from segtune import naming
+
 REPO = Path(__file__).resolve().parents[1]
 POINTS = ("startup", "launch", "result", "commit", "final-test", "report")
 METRIC = "val/iou"  # the sweep's metric, as it appears in result rows and trials.csv
@@ -46,7 +48,7 @@ METRIC = "val/iou"  # the sweep's metric, as it appears in result rows and trial
 def read_rows(experiment: Path) -> dict[str, list[dict]]:
     """Every trial's visible result rows (a last line cut short by the kill is not a row yet)."""
     out = {}
-    for path in sorted(experiment.glob("trial_*/result.json")):
+    for path in naming.result_files(experiment):
         rows = []
         for line in path.read_text().splitlines():
             try:
@@ -76,7 +78,7 @@ def check_sweep(experiment: Path, num_samples: int, seen: list[dict[str, list[di
         epochs = [r.get("epoch") for r in rows]
         if epochs != list(range(1, len(epochs) + 1)):
             problems.append(f"{trial}: epochs {epochs}, not 1..{len(epochs)} once each")
-    trials = sorted(p.name for p in experiment.glob("trial_*"))
+    trials = [p.name for p in naming.trial_folders(experiment)]
     if len(trials) != num_samples:
         problems.append(f"{len(trials)} trial folders, the sweep asked for {num_samples}")
     if optuna_study:
@@ -166,10 +168,11 @@ def condition_for(point: str, run: Run, experiment: Path, rng: random.Random) ->
     commits = lambda: len(list((experiment / "resume_state").glob("[0-9]*")))  # noqa: E731
     if point == "startup":
         deadline = time.monotonic() + rng.uniform(0.0, 12.0)
-        return lambda: time.monotonic() >= deadline or any(experiment.glob("trial_*/params.json"))
+        return lambda: time.monotonic() >= deadline or any(
+            (f / "params.json").is_file() for f in naming.trial_folders(experiment))
     if point == "launch":
-        before = len(list(experiment.glob("trial_*")))
-        return lambda: len(list(experiment.glob("trial_*"))) > before
+        before = len(naming.trial_folders(experiment))
+        return lambda: len(naming.trial_folders(experiment)) > before
     if point == "result":
         before = count_rows(experiment)
         return lambda: count_rows(experiment) > before

@@ -31,6 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from segtune import naming
+
 REPO = Path(__file__).resolve().parents[1]
 
 # Two grids of 4 configs, each of (nearly) equal cost: the benchmark measures overhead, not how well 2 trials of
@@ -116,7 +118,7 @@ def trial_spans(experiment: Path) -> list[tuple[float, float]]:
     """(start, end) wall-clock seconds of each trial: its first result's timestamp minus that epoch's duration, and
     its last result's timestamp."""
     spans = []
-    for result in sorted(experiment.glob("trial_*/result.json")):
+    for result in naming.result_files(experiment):
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         if rows:
             spans.append((rows[0]["timestamp"] - rows[0]["time_this_iter_s"], rows[-1]["timestamp"]))
@@ -126,7 +128,7 @@ def trial_spans(experiment: Path) -> list[tuple[float, float]]:
 def checkpoint_bytes(experiment: Path) -> tuple[int, int]:
     """(bytes of checkpoints written, epochs run) over every trial, from the rows each epoch reported."""
     written = epochs = 0
-    for result in experiment.glob("trial_*/result.json"):
+    for result in naming.result_files(experiment):
         rows = [json.loads(line) for line in result.read_text().splitlines() if line.strip()]
         written += sum(r.get("checkpoint_bytes", 0) for r in rows)
         epochs += len(rows)

@@ -29,7 +29,7 @@ from segcore.metrics_names import (
     VAL_PREDICTIONS,
     stage_metric,
 )
-from segtune.results import COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, UNFINISHED, trial_status
+from segtune.results import COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, UNFINISHED, finite, trial_status
 
 SCALARS = (TRAIN_LOSS, *(stage_metric("val", m) for m in EVAL_METRICS), LEARNING_RATE)
 BEST, EPOCHS = f"{SWEEP_METRIC}_best", "trial/epochs"  # for HParams: the best so far, the epochs run
@@ -64,7 +64,7 @@ class TrialBoard(LoggerCallback):
         self.domains = domains(searched, fixed)
         self.max_epochs = max_epochs
         self._writers: dict[str, Any] = {}  # trial id -> SummaryWriter (not pickled with Tune's state)
-        self._best: dict[str, float] = {}
+        self._best: dict[str, Optional[float]] = {}  # trial id -> its best val/iou so far
         self._started: dict[str, float] = {}
         self._written: dict[str, int] = {}  # trial id -> the last epoch written
         self._config_written = False  # the experiment's configuration, looked for once per driver process
@@ -79,8 +79,7 @@ class TrialBoard(LoggerCallback):
 
     # ----- Tune's LoggerCallback hooks ------------------------------------------------------------------------
     def log_trial_start(self, trial) -> None:
-        trial.init_local_path()
-        self._write_config(Path(trial.local_path).parent)
+        self._write_config(Path(logdir(trial)).parent)
         self._started.setdefault(trial.trial_id, time.time())
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
@@ -89,44 +88,52 @@ class TrialBoard(LoggerCallback):
             # a retried trial runs again the epochs after its last full state: their first points stand
             return
         self._written[trial.trial_id] = int(step)
-        writer = self._writer(trial)
+        steps = result.get(TRAIN_LOSS_STEP)
+        first_step = (int(step) - 1) * len(steps) + 1 if isinstance(steps, list) and steps else None
+        writer = self._writer(trial, int(step), first_step)
         for tag in SCALARS:
             value = result.get(tag)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 writer.add_scalar(tag, value, global_step=int(step))
         value = result.get(SWEEP_METRIC)
+        if trial.trial_id not in self._best:  # a resumed trial: its best before the resume is in Tune's state
+            self._best[trial.trial_id] = finite(((trial.metric_analysis or {}).get(SWEEP_METRIC) or {}).get("max"))
         if isinstance(value, (int, float)) and math.isfinite(value):
-            self._best[trial.trial_id] = max(value, self._best.get(trial.trial_id, -math.inf))
-        if trial.trial_id in self._best:
+            before = self._best.get(trial.trial_id)
+            self._best[trial.trial_id] = value if before is None else max(value, before)
+        if self._best.get(trial.trial_id) is not None:
             writer.add_scalar(BEST, self._best[trial.trial_id], global_step=int(step))
         writer.add_scalar(EPOCHS, int(step), global_step=int(step))
         if isinstance(result.get(VAL_PREDICTIONS), str):
             writer.file_writer.add_summary(jpeg_summary(VAL_PREDICTIONS, result[VAL_PREDICTIONS]), int(step))
-        steps = result.get(TRAIN_LOSS_STEP)
-        if isinstance(steps, list) and steps:  # this epoch's steps, numbered from the trial's first step
-            first = (int(step) - 1) * len(steps)
-            for i, loss in enumerate(steps, start=1):
+        if first_step is not None:  # this epoch's steps, numbered from the trial's first step
+            for i, loss in enumerate(steps):
                 if isinstance(loss, (int, float)) and math.isfinite(loss):
-                    writer.add_scalar(TRAIN_LOSS_STEP, loss, global_step=first + i)
+                    writer.add_scalar(TRAIN_LOSS_STEP, loss, global_step=first_step + i)
         writer.flush()  # an epoch takes seconds: TensorBoard shows it now, not in 30 s
 
     def log_trial_end(self, trial, failed: bool = False) -> None:
         last = trial.last_result or {}
         status = trial_status(last, self.max_epochs, errored=failed, ended=not failed)
         writer = self._writer(trial)
-        for summary in session_summaries(self.domains, trial.config, status, trial.trial_id,
+        for summary in session_summaries(self.domains, trial.config, status, str(trial),
                                          self._started.get(trial.trial_id)):
             writer.file_writer.add_summary(summary)
         writer.close()
         self._writers.pop(trial.trial_id, None)
 
     # ----- writing --------------------------------------------------------------------------------------------
-    def _writer(self, trial):
+    def _writer(self, trial, epoch: Optional[int] = None, first_step: Optional[int] = None):
+        """The trial's writer in this process. Opened for a trial that ran before (a resumed sweep), it first takes
+        out of the trial's earlier events what this run writes again: the epochs from ``epoch`` on (the steps from
+        ``first_step`` on) and the session (the trial ends again)."""
         if trial.trial_id not in self._writers:
             from torch.utils.tensorboard import SummaryWriter
 
-            trial.init_local_path()
-            self._writers[trial.trial_id] = SummaryWriter(trial.local_path)
+            folder = logdir(trial)
+            forget(Path(folder), epoch if epoch is not None else math.inf,
+                   first_step if first_step is not None else math.inf)
+            self._writers[trial.trial_id] = SummaryWriter(folder)
         return self._writers[trial.trial_id]
 
     def _write_config(self, experiment: Path) -> None:
@@ -140,6 +147,51 @@ class TrialBoard(LoggerCallback):
         writer = SummaryWriter(str(experiment), filename_suffix=CONFIG_SUFFIX)
         writer.file_writer.add_summary(config_summary(self.domains))
         writer.close()
+
+
+def logdir(trial) -> str:
+    """Where a trial's events go: its folder in the sweep's storage when that is a file system path (written there
+    at once, as its result rows are: Tune's copy of its local staging folder lags behind, and a kill in between
+    would lose epochs that the rows keep); Tune's staging folder, which it uploads, for a URI."""
+    if trial.storage.storage_filesystem.type_name == "local":
+        return trial.path
+    trial.init_local_path()
+    return trial.local_path
+
+
+def forget(folder: Path, epoch: float, first_step: float) -> None:
+    """Take out of the events files in ``folder`` the points at epochs >= ``epoch`` (of ``train/loss_step``: at
+    steps >= ``first_step``) and the HParams session. Written by a run that was killed, these epochs were not
+    committed: the resumed trial runs them again. (TensorBoard's loader drops points only when a step goes
+    backwards, so the epoch in progress at the kill would show twice.) Each changed file is replaced whole."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.plugins.hparams import metadata
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    sessions = {metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG}
+    for path in sorted(folder.glob("events.out.tfevents.*")) if folder.is_dir() else []:
+        kept, changed = [], False
+        for record in RawEventFileLoader(str(path)).Load():
+            event = Event.FromString(record)
+            values = [v for v in event.summary.value
+                      if v.tag not in sessions
+                      and event.step < (first_step if v.tag == TRAIN_LOSS_STEP else epoch)]
+            if len(values) < len(event.summary.value):
+                changed = True
+                if not values:
+                    continue
+                del event.summary.value[:]
+                event.summary.value.extend(values)
+                record = event.SerializeToString()
+            kept.append(record)
+        if changed:
+            part = folder / ".rewritten.part"  # not "tfevents": TensorBoard never reads it, even if left by a kill
+            with open(part, "wb") as f:
+                writer = RecordWriter(f)
+                for record in kept:
+                    writer.write(record)
+            part.replace(path)
 
 
 def jpeg_summary(tag: str, encoded: str):
@@ -195,7 +247,7 @@ def config_summary(doms: dict[str, tuple[str, list]]):
     return _plugin_summary(value.tag, data)
 
 
-def session_summaries(doms: dict[str, tuple[str, list]], config: dict[str, Any], status: str, trial_id: str,
+def session_summaries(doms: dict[str, tuple[str, list]], config: dict[str, Any], status: str, run: str,
                       started: Optional[float]) -> list:
     """A trial's HParams session: its values of every hparam (and its outcome), then how it ended."""
     from tensorboard.plugins.hparams import api_pb2
@@ -209,7 +261,7 @@ def session_summaries(doms: dict[str, tuple[str, list]], config: dict[str, Any],
             value = _value(config[name])
             values[name] = str(value) if kind == "discrete" and any(isinstance(c, str) for c in choices) \
                 and not isinstance(value, str) else value
-    start = hp.hparams_pb(values, trial_id=trial_id, start_time_secs=started)
+    start = hp.hparams_pb(values, trial_id=run, start_time_secs=started)  # the session's name: the run's
     # TensorBoard's statuses are success, failure, running and unknown: a trial the scheduler stopped is no
     # success (its value is of a fraction of the budget), nor a failure; the outcome hparam names it exactly
     ended = {COMPLETED: api_pb2.STATUS_SUCCESS, STOPPED: api_pb2.STATUS_UNKNOWN, DIVERGED: api_pb2.STATUS_FAILURE,

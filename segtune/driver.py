@@ -200,7 +200,7 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-    from segtune import compat, tune_callbacks
+    from segtune import compat, naming, tune_callbacks
     from segtune.board import TrialBoard
     from segtune.search import build_search
     from segtune.trial import train_trial
@@ -228,8 +228,10 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
     scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=s.max_epochs, grace_period=s.grace_period,
                                reduction_factor=s.reduction_factor)
                  if s.scheduler == "asha" else FIFOScheduler())
+    fixed = {**job.base, **job.space.fixed}  # what names a trial whose space does not search arch or encoder
+    names = naming.TrialNames(fixed["arch"], fixed["encoder"])
     search = build_search(s.search, SWEEP_METRIC, SWEEP_MODE, s.seed, storage.local, s.name, s.max_epochs,
-                          s.num_samples)
+                          s.num_samples, names)
     max_concurrent = s.max_concurrent or cluster.trial_concurrency(s.cpus_per_trial, s.gpus_per_trial, workers,
                                                                    ray_cluster.resources)
     return tune.Tuner(
@@ -238,7 +240,7 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
         tune_config=tune.TuneConfig(metric=SWEEP_METRIC, mode=SWEEP_MODE, search_alg=search, scheduler=scheduler,
                                     num_samples=s.num_samples, max_concurrent_trials=max_concurrent,
                                     reuse_actors=workers == 1,
-                                    trial_dirname_creator=saved_state.trial_dirname),
+                                    trial_name_creator=names, trial_dirname_creator=names),
         run_config=tune.RunConfig(
             name=s.name, storage_path=storage.ray_path,
             # every checkpoint kept by Tune: saved_state.CommittedState deletes those no commit needs

@@ -5,7 +5,7 @@ It reads only what is on disk (each trial's ``result.json`` and ``params.json``,
 ``python tune_main.py --report DIR``. What it shows:
 
 - ``val/iou`` per epoch for every trial (a trial ASHA stopped ends early, marked x);
-- the best ``val/iou`` so far against trial number (trials numbered by start);
+- the best ``val/iou`` so far against trial number (segtune.naming: the number the sweep proposed it with);
 - Optuna's parameter importances for the best ``val/iou`` each trial reached (stopped trials included);
 - the best checkpoint's predictions on validation images (image | truth | prediction).
 """
@@ -19,6 +19,7 @@ from typing import Any, Optional
 
 from segcore.errors import UserError
 from segcore.metrics_names import EPOCH, SWEEP_METRIC
+from segtune import naming
 from segtune.results import STATUSES, STOPPED, finite, trial_status
 from segtune.settings import read_settings
 from segtune.storage import CHECKPOINT_FILE, REPORT_FILE, SPACE_FILE, TEST_METRICS_FILE
@@ -31,12 +32,16 @@ SAMPLES_SHOWN = 6
 
 @dataclass
 class TrialRecord:
-    trial_id: str
-    path: Path
+    trial_id: str  # Tune's
+    path: Path  # its folder, named by its run name (segtune.naming)
     config: dict[str, Any]
     rows: list[dict[str, Any]]  # reported results, in order
     status: str = ""
-    number: int = 0  # 1-based, by start time
+    number: Optional[int] = None  # segtune.naming's; for sweeps from before trials had numbers, by start from 1
+
+    @property
+    def name(self) -> str:
+        return self.path.name
 
     @property
     def values(self) -> list[Optional[float]]:
@@ -92,7 +97,7 @@ def read_experiment(path: Path) -> Experiment:
     if not path.is_dir():
         raise UserError(f"--report {path}: not found (give the experiment folder, <storage-path>/<name>)")
     experiment = Experiment(path, read_settings(path, f"--report {path}")[1])
-    for trial_dir in sorted(p for p in path.glob("trial_*") if p.is_dir()):
+    for trial_dir in naming.trial_folders(path):
         result_file, params_file = trial_dir / "result.json", trial_dir / "params.json"
         rows = []
         if result_file.is_file():
@@ -102,9 +107,13 @@ def read_experiment(path: Path) -> Experiment:
                 except ValueError:  # a line cut short by a killed driver
                     continue
         config = read_json(params_file) or {}  # missing or cut short: the trial is shown, without its config
-        experiment.trials.append(TrialRecord(trial_dir.name.removeprefix("trial_"), trial_dir, config, rows))
-    for number, trial in enumerate(sorted(experiment.trials, key=lambda t: (t.start, t.trial_id)), start=1):
+        trial_id = next((r["trial_id"] for r in rows if r.get("trial_id")), trial_dir.name)
+        experiment.trials.append(TrialRecord(trial_id, trial_dir, config, rows,
+                                             number=naming.number_of(trial_dir.name)))
+    unnumbered = sorted((t for t in experiment.trials if t.number is None), key=lambda t: (t.start, t.trial_id))
+    for number, trial in enumerate(unnumbered, start=1):
         trial.number = number
+    for trial in experiment.trials:
         last = trial.rows[-1] if trial.rows else {}
         # error.txt: the trial raised at some point (Ray keeps it after a retry that went on to finish)
         trial.status = trial_status(last, experiment.max_epochs, errored=(trial.path / "error.txt").is_file(),
@@ -133,7 +142,7 @@ def plot_curves(experiment: Experiment, out: Path) -> None:
         if not points:
             continue
         epochs, values = zip(*points)
-        line, = ax.plot(epochs, values, marker="o", markersize=3, linewidth=1.2, label=f"#{trial.number}")
+        line, = ax.plot(epochs, values, marker="o", markersize=3, linewidth=1.2, label=trial.name)
         if trial.status == STOPPED:  # where ASHA stopped it
             ax.plot(epochs[-1], values[-1], marker="x", markersize=9, color=line.get_color())
     ax.set(xlabel="epoch", ylabel=SWEEP_METRIC, title=f"{SWEEP_METRIC} per epoch (x: stopped early by ASHA)")
@@ -148,7 +157,7 @@ def plot_curves(experiment: Experiment, out: Path) -> None:
 
 
 def best_so_far(experiment: Experiment) -> list[tuple[int, Optional[float], Optional[float]]]:
-    """(trial number, the trial's best, the best of trials 1..number) for every trial."""
+    """(trial number, the trial's best, the best of the trials numbered up to it) for every trial."""
     out, running = [], None
     for trial in experiment.trials:
         best = trial.best
@@ -167,7 +176,7 @@ def plot_best_so_far(points: list[tuple[int, Optional[float], Optional[float]]],
     running = [(n, r) for n, _, r in points if r is not None]
     if running:
         ax.step(*zip(*running), where="post", linewidth=2, color="black", label="best so far")
-    ax.set(xlabel="trial number (by start)", ylabel=SWEEP_METRIC, title=f"best {SWEEP_METRIC} so far")
+    ax.set(xlabel="trial number", ylabel=SWEEP_METRIC, title=f"best {SWEEP_METRIC} so far")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
@@ -299,8 +308,8 @@ def build_report(path: Path) -> Path:
     if best is not None:
         trial, row = best
         lines += ["## Best trial", "",
-                  f"Trial #{trial.number} (`{trial.trial_id}`), epoch {row.get(EPOCH)}: {SWEEP_METRIC} "
-                  f"**{_fmt(finite(row.get(SWEEP_METRIC)))}**", ""]
+                  f"Trial {trial.number}, `{trial.name}` (Tune's `{trial.trial_id}`), epoch {row.get(EPOCH)}: "
+                  f"{SWEEP_METRIC} **{_fmt(finite(row.get(SWEEP_METRIC)))}**", ""]
         lines += [f"- {k}: `{v}`" for k, v in sorted(trial.config.items())] + [""]
     test_file = path / TEST_METRICS_FILE
     test = read_json(test_file)
@@ -313,10 +322,10 @@ def build_report(path: Path) -> Path:
 
     plot_curves(experiment, path / CURVES_PNG)
     lines += [f"## {SWEEP_METRIC} per epoch", "", f"![{SWEEP_METRIC} per epoch]({CURVES_PNG})", "",
-              "| trial | id | status | epochs | best | last |", "| --- | --- | --- | --- | --- | --- |"]
+              "| trial | run | status | epochs | best | last |", "| --- | --- | --- | --- | --- | --- |"]
     for t in experiment.trials:
         values = [v for v in t.values if v is not None]
-        lines.append(f"| {t.number} | `{t.trial_id}` | {t.status} | {len(t.rows)} | {_fmt(t.best)} | "
+        lines.append(f"| {t.number} | `{t.name}` | {t.status} | {len(t.rows)} | {_fmt(t.best)} | "
                      f"{_fmt(values[-1] if values else None)} |")
     lines.append("")
 

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 from segcore.metrics_names import DIVERGED as DIVERGED_KEY
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
+from segtune import naming
 from segtune.spaces import to_config_values
 from segtune.storage import (
     BEST_CONFIG_FILE,
@@ -26,6 +27,8 @@ STATUSES = (COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED)
 
 @dataclass
 class TrialRow:
+    number: Optional[int]  # the trial's number (segtune.naming); None in sweeps from before trials had one
+    name: str  # its run name: its folder, TensorBoard's run
     trial_id: str
     status: str
     params: dict[str, Any]
@@ -42,7 +45,8 @@ class TrialRow:
     error: str
 
     def as_csv(self, param_keys: list[str]) -> dict[str, Any]:
-        row = {"trial_id": self.trial_id, "status": self.status}
+        row = {"trial": "" if self.number is None else self.number, "name": self.name, "trial_id": self.trial_id,
+               "status": self.status}
         row.update({f"param.{k}": self.params.get(k, "") for k in param_keys})
         row.update({f"last_{SWEEP_METRIC}": _fmt(self.last), f"best_{SWEEP_METRIC}": _fmt(self.best),
                     "epochs": self.epochs, "wall_time_s": round(self.wall_time_s, 2), "hostname": self.hostname,
@@ -92,15 +96,16 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
         # Tune marks the last result of a trial the scheduler stopped "done"
         status = trial_status(metrics, max_epochs, errored=result.error is not None, ended=bool(metrics.get("done")))
         error = "" if result.error is None else (str(result.error).strip().splitlines() or [""])[-1][:300]
+        name = Path(result.path).name
         rows.append(TrialRow(
-            trial_id=metrics.get("trial_id") or Path(result.path).name, status=status,
+            number=naming.number_of(name), name=name, trial_id=metrics.get("trial_id") or name, status=status,
             params={k: result.config.get(k) for k in searched_keys},
             last=finite(metrics.get(SWEEP_METRIC)), best=max(history) if history else None, epochs=epochs,
             wall_time_s=float(metrics.get("time_total_s") or 0.0), hostname=str(metrics.get("hostname", "")),
             node_ip=str(metrics.get("node_ip", "")), node_id=str(metrics.get("node_id", "")),
             device=str(metrics.get("device", "")), world_size=int(metrics.get("world_size") or 0),
             path=str(result.path), error=error))
-    return sorted(rows, key=lambda r: r.trial_id)
+    return sorted(rows, key=lambda r: (r.number is None, r.number or 0, r.trial_id))
 
 
 def write_trials_csv(rows: list[TrialRow], searched_keys: list[str], path: Path) -> None:
@@ -154,7 +159,8 @@ def write_best(best, base: dict[str, Any], experiment_dir: Path) -> dict[str, An
     checkpoint = best_checkpoint(best)
     return {"best_value": value, "best_params": best.config, "best_config": cfg.to_dict(),
             "best_checkpoint": checkpoint_location(checkpoint, CHECKPOINT_FILE) if checkpoint else None,
-            "best_trial_path": str(best.path), "best_trial_id": (best.metrics or {}).get("trial_id")}
+            "best_trial_path": str(best.path), "best_trial_id": (best.metrics or {}).get("trial_id"),
+            "best_trial": Path(best.path).name}
 
 
 def summarise(result_grid, searched_keys: list[str], base: dict[str, Any], max_epochs: int,
@@ -191,7 +197,7 @@ def format_summary(summary: dict[str, Any]) -> str:
              f"{c[DIVERGED]} diverged, {c[ERRORED]} errored"
              + (f", {c[UNFINISHED]} unfinished" if c[UNFINISHED] else "")]
     if summary.get("best_value") is not None:
-        lines.append(f"Best {SWEEP_METRIC}: {summary['best_value']:.4f}")
+        lines.append(f"Best {SWEEP_METRIC}: {summary['best_value']:.4f} (trial {summary.get('best_trial', '')})")
         params = to_config_values(summary["best_params"])
         lines.append("Best config: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
         lines.append(f"Best checkpoint: {summary['best_checkpoint']}")

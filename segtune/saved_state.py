@@ -40,6 +40,7 @@ from ray import tune
 
 from segcore.errors import UserError
 from segcore.metrics_names import SWEEP_METRIC
+from segtune import naming
 from segtune.checkpoint_policy import FULL, KIND_KEY
 from segtune.results import finite
 from segtune.storage import DRIVER_FILES
@@ -126,12 +127,13 @@ def parse_rows(data: Optional[bytes]) -> list[str]:
     return rows
 
 
-TRIAL_PREFIX = "trial_"  # a trial's folder is TRIAL_PREFIX + its Tune trial id (the sweep's trial_dirname_creator)
 _after_commit: Optional[Callable[[dict[str, int]], None]] = None
 
 
 def trial_dirname(trial) -> str:
-    return f"{TRIAL_PREFIX}{trial.trial_id}"
+    """The trial_dirname_creator of sweeps started before trials had numbers (segtune.naming), still named by the
+    Tuner they pickled."""
+    return f"{naming.LEGACY_PREFIX}{trial.trial_id}"
 
 
 _committed_counts: Optional[dict[str, int]] = None  # the last commit's (or the resumed one's) counts, as announced
@@ -148,9 +150,10 @@ def after_commit(listener: Callable[[dict[str, int]], None]) -> None:
         listener(_committed_counts)
 
 
-def _announce(counts: dict[str, int]) -> None:
+def _announce(counts: dict[str, int], ids: Optional[dict[str, str]] = None) -> None:
+    """``counts``: trial folder -> committed rows; ``ids``: trial folder -> Tune trial id."""
     global _committed_counts
-    _committed_counts = {t.removeprefix(TRIAL_PREFIX): n for t, n in counts.items()}
+    _committed_counts = {(ids or {}).get(t) or t.removeprefix(naming.LEGACY_PREFIX): n for t, n in counts.items()}
     if _after_commit is not None:
         _after_commit(_committed_counts)
 
@@ -185,11 +188,13 @@ class CommittedState(tune.Callback):
         committed = json.loads(_read(self._fs, _join(self._folder(self._number), ROWS_FILE)) or b"{}") \
             if numbers else {}  # resumed: restore() has cut every result.json back to these counts
         self._counts = {trial: entry["count"] for trial, entry in committed.items()}  # trial folder -> rows
+        # trial folder -> Tune trial id (commits of sweeps from before trials had numbers: in the folder's name)
+        self._ids = {trial: entry["trial_id"] for trial, entry in committed.items() if "trial_id" in entry}
         self._checkpoints = {trial: entry.get("checkpoints", []) for trial, entry in committed.items()}
         global _committed_counts
         _committed_counts = None  # nothing of another experiment run in this process
         if numbers:
-            _announce(self._counts)
+            _announce(self._counts, self._ids)
 
     def _folder(self, number: int) -> str:
         return _join(self._path, STATE_DIR, f"{number:08d}")
@@ -205,6 +210,7 @@ class CommittedState(tune.Callback):
         from ray.tune.utils.util import SafeFallbackEncoder
 
         folder = _join(self._path, self._trial_folder(trial))
+        self._ids[self._trial_folder(trial)] = trial.trial_id
         self._fs.create_dir(folder)
         params = json.dumps(trial.config, indent=2, sort_keys=True, cls=SafeFallbackEncoder)
         _write(self._fs, _join(folder, PARAMS_FILE), params.encode())
@@ -271,7 +277,8 @@ class CommittedState(tune.Callback):
         checkpoints = {t: self._checkpoints.get(t, []) + new_checkpoints.get(t, [])
                        for t in {*self._checkpoints, *new_checkpoints}}
         kept = {t: needed(c) for t, c in checkpoints.items()}
-        rows = {t: {"count": counts.get(t, 0), "new": pending.get(t, []), "checkpoints": kept.get(t, [])}
+        rows = {t: {"count": counts.get(t, 0), "new": pending.get(t, []), "checkpoints": kept.get(t, []),
+                    **({"trial_id": self._ids[t]} if t in self._ids else {})}
                 for t in sorted({*counts, *kept})}
         digests[ROWS_FILE] = self._put(folder, ROWS_FILE, json.dumps(rows).encode())
         self._put(folder, COMMITTED, json.dumps({"files": digests}, indent=1).encode())
@@ -279,7 +286,7 @@ class CommittedState(tune.Callback):
         self._changed, self._committed_at = False, time.monotonic()
         for trial, new in pending.items():  # visible only now that they are committed
             _append_rows(self._fs, _join(self._path, trial, RESULT_FILE), new)
-        _announce(counts)
+        _announce(counts, self._ids)
         for trial, listed in checkpoints.items():  # no commit from this one on needs the others
             for entry in listed:
                 if entry not in kept[trial]:
@@ -390,7 +397,7 @@ def newest_readable(root: str) -> Optional[int]:
 def _has_rows(fs, path: str) -> bool:
     import pyarrow.fs
 
-    return any(info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith(TRIAL_PREFIX)
+    return any(info.type == pyarrow.fs.FileType.Directory and naming.is_trial_folder(info.base_name)
                and parse_rows(_read(fs, _join(info.path, RESULT_FILE))) for info in _listdir(fs, path))
 
 
@@ -410,7 +417,7 @@ def restore(root: str, number: int) -> None:
             _write(fs, _join(path, name), _read(fs, _join(folder, name)))
     committed = json.loads(_read(fs, _join(folder, ROWS_FILE)))
     for info in _listdir(fs, path):
-        if info.type != pyarrow.fs.FileType.Directory or not info.base_name.startswith(TRIAL_PREFIX):
+        if info.type != pyarrow.fs.FileType.Directory or not naming.is_trial_folder(info.base_name):
             continue
         if info.base_name in committed:
             _restore_rows(fs, _join(info.path, RESULT_FILE), committed[info.base_name])
@@ -442,7 +449,7 @@ def start_anew(root: str) -> None:
     for info in _listdir(fs, path):
         if info.type == pyarrow.fs.FileType.File and (_is_tune_state(info.base_name) or info.base_name == TUNER_FILE):
             fs.delete_file(info.path)
-        elif info.type == pyarrow.fs.FileType.Directory and (info.base_name.startswith(TRIAL_PREFIX)
+        elif info.type == pyarrow.fs.FileType.Directory and (naming.is_trial_folder(info.base_name)
                                                               or info.base_name == STATE_DIR):
             fs.delete_dir(info.path)
 

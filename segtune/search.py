@@ -11,12 +11,13 @@ from ray.tune.search import BasicVariantGenerator
 from ray.tune.search.optuna import OptunaSearch
 
 from segcore.metrics_names import EPOCH
-from segtune import compat, saved_state
+from segtune import compat, naming, saved_state
 from segtune.results import ERRORED, trial_status
 from segtune.storage import OPTUNA_DB
 
-# user attributes of each Optuna trial: which Tune trial it is, and how it ended (trials.csv's status)
-RAY_TRIAL_ATTR, OUTCOME_ATTR = "ray_trial_id", "outcome"
+# user attributes of each Optuna trial: which Tune trial it is, its run name (its folder, TensorBoard's run), and how
+# it ended (trials.csv's status)
+RAY_TRIAL_ATTR, RUN_NAME_ATTR, OUTCOME_ATTR = "ray_trial_id", "run_name", "outcome"
 
 
 class PrunedAwareOptunaSearch(OptunaSearch):
@@ -32,9 +33,10 @@ class PrunedAwareOptunaSearch(OptunaSearch):
     commit would leave Optuna a value of an epoch that runs again after --resume, with another value.
     """
 
-    def __init__(self, *args, max_t: int, time_attr: str = EPOCH, **kwargs):
+    def __init__(self, *args, max_t: int, names: naming.TrialNames, time_attr: str = EPOCH, **kwargs):
         super().__init__(*args, **kwargs)
         self.max_t = max_t
+        self.names = names
         self.time_attr = time_attr
         self._unwritten: dict[tuple[str, int], float] = {}  # (trial, step) -> value, not yet told to Optuna
         # trial -> (last step, state, value, outcome); sweeps saved before the outcome was kept hold 3-tuples
@@ -71,7 +73,13 @@ class PrunedAwareOptunaSearch(OptunaSearch):
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     study.set_metric_names([self.metric])
+            # the trial's number is Optuna's: Tune names the trial it is about to create with it (segtune.naming)
+            number = trials[trial_id].number
+            naming.record_number(trial_id, number)
             trials[trial_id].set_user_attr(RAY_TRIAL_ATTR, trial_id)
+            names = getattr(self, "names", None)  # None in a searcher saved before trials had numbers
+            if isinstance(suggested, dict) and names is not None:
+                trials[trial_id].set_user_attr(RUN_NAME_ATTR, names.name(number, suggested))
         return suggested
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -178,7 +186,7 @@ def optuna_storage(experiment_dir: Path) -> optuna.storages.RDBStorage:
 
 
 def build_search(kind: str, metric: str, mode: str, seed: int, experiment_dir: Path, study_name: str,
-                 max_t: int, num_samples: int):
+                 max_t: int, num_samples: int, names: naming.TrialNames):
     if kind == "random":
         # Ray's variant generator: random sampling that also expands grid_search values
         return BasicVariantGenerator(random_state=seed)
@@ -188,4 +196,5 @@ def build_search(kind: str, metric: str, mode: str, seed: int, experiment_dir: P
     # Steps are epochs, as for ASHA: Tune's training_iteration counts reports, and runs ahead of the epochs when a
     # trial continues from a full state older than its latest checkpoint (segtune.checkpoint_policy)
     return PrunedAwareOptunaSearch(metric=metric, mode=mode, sampler=sampler, study_name=study_name,
-                                   storage=optuna_storage(experiment_dir), max_t=max_t, time_attr=EPOCH)
+                                   storage=optuna_storage(experiment_dir), max_t=max_t, names=names,
+                                   time_attr=EPOCH)

@@ -42,8 +42,9 @@ SHOW_PROGRESS = True  # set by tune_main for this run: False with --verbose (Ray
 
 class Progress(tune.Callback):
     """A compact live status, one line: trials running / finished / stopped early / diverged / errored, the best
-    val/iou so far, time since this run started. Printed when it changes (at most every ``min_gap_s``) and at
-    least every ``heartbeat_s``, as plain lines, so it reads the same in a terminal and in a batch job's log."""
+    val/iou so far and its trial, time since this run started. Printed when it changes (at most every
+    ``min_gap_s``) and at least every ``heartbeat_s``, as plain lines, so it reads the same in a terminal and in a
+    batch job's log."""
 
     def __init__(self, max_epochs: int, min_gap_s: float = 5.0, heartbeat_s: float = 60.0):
         self.max_epochs, self.min_gap_s, self.heartbeat_s = max_epochs, min_gap_s, heartbeat_s
@@ -54,7 +55,7 @@ class Progress(tune.Callback):
 
     def status(self, trials: list) -> str:
         counts = {"running": 0, "pending": 0, **{s: 0 for s in STATUSES if s != UNFINISHED}}
-        best = None
+        best, best_trial = None, None
         for trial in trials:
             if trial.status == "RUNNING":
                 counts["running"] += 1
@@ -64,11 +65,13 @@ class Progress(tune.Callback):
                 counts[trial_status(trial.last_result or {}, self.max_epochs, errored=trial.status == "ERROR",
                                     ended=trial.status == "TERMINATED")] += 1
             value = finite(((getattr(trial, "metric_analysis", {}) or {}).get(SWEEP_METRIC) or {}).get("max"))
-            if value is not None:
-                best = value if best is None else max(best, value)
+            if value is not None and (best is None or value > best):
+                best, best_trial = value, trial
         total = f"/{self._total}" if self._total else ""
         parts = [f"{len(trials)}{total} trials: " + ", ".join(f"{n} {k}" for k, n in counts.items() if n)]
-        parts.append(f"best {SWEEP_METRIC} {best:.4f}" if best is not None else f"no {SWEEP_METRIC} yet")
+        # str(trial): its run name (segtune.naming), as in TensorBoard, trials.csv and the report
+        parts.append(f"best {SWEEP_METRIC} {best:.4f} ({best_trial})" if best is not None
+                     else f"no {SWEEP_METRIC} yet")
         return " | ".join(parts)
 
     def _print(self, trials: list, force: bool = False) -> None:

@@ -160,6 +160,35 @@ def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(tmp_path
     for trial in study(experiment).trials:
         assert trial.state == optuna.trial.TrialState.COMPLETE
         assert sorted(trial.intermediate_values) == list(range(1, MAX_EPOCHS + 1))
+        assert trial.user_attrs["run_name"] == Path(rows[trial.number]["path"]).name  # trials.csv is by number
+    assert_tensorboard_tells_the_rows(experiment, rows)
+
+
+def assert_tensorboard_tells_the_rows(experiment: Path, rows: list[dict]) -> None:
+    """What TensorBoard shows of each trial, read through its own loader (which drops the points of epochs run
+    again after a resume, as its pages do): each epoch once with the value of its result row, the best so far
+    carried over the resume, and one HParams session with trials.csv's outcome."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    from segtune.board import BEST
+
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(experiment))
+    multiplexer.Reload()
+    reported = results(experiment)
+    assert set(multiplexer.Runs()) - {"."} == {Path(r["path"]).name for r in rows} == set(reported)
+    for row in rows:
+        run = Path(row["path"]).name
+        values = [r[SWEEP_METRIC] for r in reported[run]]
+        points = multiplexer.Scalars(run, SWEEP_METRIC)
+        assert [e.step for e in points] == list(range(1, len(values) + 1)), run
+        assert [e.value for e in points] == pytest.approx(values, rel=1e-5), run
+        best = [e.value for e in multiplexer.Scalars(run, BEST)]
+        assert best == pytest.approx([max(values[:i]) for i in range(1, len(values) + 1)], rel=1e-5), run
+        content = multiplexer.PluginRunToTagToContent("hparams")[run]
+        start = plugin_data_pb2.HParamsPluginData.FromString(content["_hparams_/session_start_info"])
+        assert start.session_start_info.group_name == run
+        assert start.session_start_info.hparams["outcome"].string_value == row["status"]
 
 
 # ----- a trial that raises, and one that diverges ---------------------------------------------------------------

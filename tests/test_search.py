@@ -2,15 +2,23 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import optuna
 import pytest
 
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
+from segtune.naming import TrialNames, number_of
 from segtune.search import PrunedAwareOptunaSearch, optuna_storage, outcome
 from segtune.spaces import load_space
 
 S = optuna.trial.TrialState
+NAMES = TrialNames(arch="fpn", encoder="resnet18")  # a sweep's fixed arch and encoder
+
+
+def tune_trial(trial_id: str, config: dict, experiment_tag: str = ""):
+    """What TrialNames reads of the trial Tune creates with a proposal."""
+    return SimpleNamespace(trial_id=trial_id, config=config, experiment_tag=experiment_tag)
 
 
 @pytest.mark.parametrize("result, error, expected", [
@@ -27,7 +35,7 @@ def test_trial_outcome_told_to_optuna(result, error, expected):
 def make_searcher(experiment):
     search = PrunedAwareOptunaSearch(metric=SWEEP_METRIC, mode=SWEEP_MODE, storage=optuna_storage(experiment),
                                      study_name="s", sampler=optuna.samplers.TPESampler(seed=0), max_t=3,
-                                     time_attr=EPOCH)
+                                     names=NAMES, time_attr=EPOCH)
     search.set_search_properties(SWEEP_METRIC, SWEEP_MODE, load_space("smoke").to_tune())
     return search
 
@@ -116,7 +124,7 @@ def test_the_sweeps_searcher_counts_epochs_not_tunes_reports(tmp_path):
     training_iteration goes on counting: Optuna's steps must be the epochs, as the rows say."""
     from segtune.search import build_search
 
-    search = build_search("optuna", SWEEP_METRIC, SWEEP_MODE, 0, tmp_path, "s", max_t=3, num_samples=2)
+    search = build_search("optuna", SWEEP_METRIC, SWEEP_MODE, 0, tmp_path, "s", max_t=3, num_samples=2, names=NAMES)
     search.set_search_properties(SWEEP_METRIC, SWEEP_MODE, load_space("smoke").to_tune())
     search.suggest("a")
     # reported epochs 1-3, then continued from epoch 1's full state: epochs 2 and 3 again, as reports 4 and 5
@@ -144,3 +152,25 @@ def test_proposal_asked_after_the_last_snapshot_is_reused_on_resume(tmp_path):
     trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
     assert len(trials) == 2  # one Optuna trial per Tune trial: the lost proposal was adopted, not abandoned
     assert trials[1].params["arch"] == second["arch"] == lost.params["arch"]
+    # named by the adopted proposal's number, in Tune's folder and in Optuna alike
+    assert number_of(NAMES(tune_trial("b", second))) == 1 == trials[1].number
+    assert trials[1].user_attrs["run_name"] == NAMES(tune_trial("b", second))
+
+
+def test_tune_names_each_trial_by_its_optuna_number(tmp_path):
+    search = make_searcher(tmp_path)
+    configs = {tid: search.suggest(tid) for tid in ("x", "y", "z")}
+    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    for number, (tid, config) in enumerate(configs.items()):
+        # Tune's counter (in the tag) starts at 1 for a search algorithm's trials: the name does not use it
+        name = NAMES(tune_trial(tid, {"lr": 0.1, **config}, experiment_tag=f"{number + 1}_lr=0.1"))
+        assert name == f"{number:03d}-{config['arch']}-{config['encoder']}"  # smoke searches both
+        assert trials[number].user_attrs == {"ray_trial_id": tid, "run_name": name}
+
+
+def test_random_search_trials_are_named_by_tunes_count():
+    """Ray's variant generator numbers its trials from 0 in their tag; a space that fixes arch and encoder names
+    the trial with them."""
+    assert NAMES(tune_trial("abc_00012", {"lr": 0.1}, experiment_tag="12_lr=0.1")) == "012-fpn-resnet18"
+    assert NAMES(tune_trial("abc_01000", {"arch": "UnetPlusPlus", "encoder": "tu-convnext/atto"},
+                            experiment_tag="1000")) == "1000-unetplusplus-tu-convnext_atto"

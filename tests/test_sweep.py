@@ -57,8 +57,8 @@ def test_sweep_trials_csv_has_one_row_per_sample_and_early_stops(sweep):
 
 def test_trials_reuse_worker_processes_instead_of_importing_torch_again(sweep):
     experiment, _ = sweep
-    pids = {json.loads(line)["pid"] for path in experiment.glob("trial_*/result.json")
-            for line in path.read_text().splitlines()}
+    pids = {json.loads(line)["pid"] for folder in trial_folders(experiment)
+            for line in (folder / "result.json").read_text().splitlines()}
     assert 1 <= len(pids) <= 2, pids  # 6 trials, 2 at a time (--max-concurrent 2): two worker processes serve all
 
 
@@ -99,6 +99,39 @@ def test_optuna_study_records_pruned_and_complete_trials(sweep):
         assert trial.user_attrs["outcome"] == by_id[trial.user_attrs["ray_trial_id"]]
 
 
+def test_one_number_names_each_trial_everywhere(sweep):
+    """TensorBoard's run, trials.csv, report.md, the status line, the summary and Optuna name a trial alike: its
+    Optuna number, as NNN-<arch>-<encoder>."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    experiment, proc = sweep
+    rows = read_trials(experiment)
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    by_number = {t.number: t for t in study.trials}
+    assert sorted(int(r["trial"]) for r in rows) == sorted(by_number) == list(range(NUM_SAMPLES))
+    encoder = SMALL_ENCODER
+    for row in rows:
+        number, name = int(row["trial"]), row["name"]
+        assert name == f"{number:03d}-{row['param.arch']}-{encoder}" == Path(row["path"]).name
+        attrs = by_number[number].user_attrs
+        assert (attrs["run_name"], attrs["ray_trial_id"], attrs["outcome"]) == (name, row["trial_id"], row["status"])
+        assert by_number[number].params["lr"] == pytest.approx(float(row["param.lr"]), rel=1e-5)
+    # TensorBoard's runs are the trials' names (and the experiment's root, which holds the HParams configuration)
+    multiplexer = EventMultiplexer().AddRunsFromDirectory(str(experiment))
+    multiplexer.Reload()
+    assert set(multiplexer.Runs()) - {"."} == {r["name"] for r in rows}
+    report = (experiment / "report.md").read_text()
+    assert sorted((int(n), run) for n, run, *_ in table(report, f"{SWEEP_METRIC} per epoch")) == \
+        sorted((int(r["trial"]), r["name"]) for r in rows)
+    summary = json.loads((experiment / "summary.json").read_text())
+    best = max(rows, key=lambda r: float(r[f"best_{SWEEP_METRIC}"]))
+    assert summary["best_trial"] == best["name"]
+    assert f"Trial {best['trial']}, `{best['name']}`" in report
+    assert f"Best {SWEEP_METRIC}: {summary['best_value']:.4f} (trial {best['name']})" in proc.stdout
+    status_lines = [line for line in proc.stdout.splitlines() if f"best {SWEEP_METRIC}" in line]
+    assert status_lines and status_lines[-1].endswith(f"({best['name']})"), status_lines[-1:]
+
+
 def hparams_data(acc: EventAccumulator, tag: str):
     from tensorboard.plugins.hparams import plugin_data_pb2
 
@@ -111,12 +144,12 @@ def test_tensorboard_compares_trials_by_their_metrics_domains_and_outcomes(sweep
     from segtune.board import BEST, EPOCHS, SCALARS
 
     experiment, _ = sweep
-    rows = {r["trial_id"]: r for r in read_trials(experiment)}
-    trial_dirs = sorted(p for p in experiment.iterdir() if p.is_dir() and p.name.startswith("trial_"))
+    rows = {r["name"]: r for r in read_trials(experiment)}
+    trial_dirs = trial_folders(experiment)
     assert len(trial_dirs) == NUM_SAMPLES == len(rows)
     statuses = {"completed": api_pb2.STATUS_SUCCESS, "stopped early": api_pb2.STATUS_UNKNOWN}
     for trial_dir in trial_dirs:
-        row = rows[trial_dir.name.removeprefix("trial_")]
+        row = rows[trial_dir.name]
         acc = EventAccumulator(str(trial_dir), size_guidance={"scalars": 0, "tensors": 0})
         acc.Reload()
         scalars = set(acc.Tags()["scalars"])
@@ -142,6 +175,7 @@ def test_tensorboard_compares_trials_by_their_metrics_domains_and_outcomes(sweep
                                                                           abs=1e-5)
         # one session per trial: its values, its outcome as in trials.csv, how it ended
         start = hparams_data(acc, "_hparams_/session_start_info").session_start_info
+        assert start.group_name == trial_dir.name  # the session is named as the run
         assert start.hparams["outcome"].string_value == row["status"]
         assert start.hparams["lr"].number_value == pytest.approx(float(row["param.lr"]), rel=1e-5)
         assert start.hparams["arch"].string_value == row["param.arch"]
@@ -278,9 +312,18 @@ def assert_real_plot(path: Path) -> None:
     assert pixels.std() > 10 and (pixels < 128).mean() > 0.005, path  # drawn on, not a blank canvas
 
 
+def trial_folders(experiment: Path) -> list[Path]:
+    """The trial folders: named NNN-<arch>-<encoder>, by number."""
+    folders = sorted((p for p in experiment.iterdir() if p.is_dir() and re.fullmatch(r"\d{3}-[a-z]+-.+", p.name)),
+                     key=lambda p: p.name)
+    assert folders, sorted(p.name for p in experiment.iterdir())
+    return folders
+
+
 def trial_results(experiment: Path) -> dict[str, list[dict]]:
-    return {p.parent.name.removeprefix("trial_"): [json.loads(line) for line in p.read_text().splitlines()]
-            for p in experiment.glob("trial_*/result.json")}
+    """run name -> its result rows"""
+    return {folder.name: [json.loads(line) for line in (folder / "result.json").read_text().splitlines()]
+            for folder in trial_folders(experiment)}
 
 
 def test_report_plots_every_trial_and_its_numbers_are_the_trials(sweep):
@@ -294,13 +337,13 @@ def test_report_plots_every_trial_and_its_numbers_are_the_trials(sweep):
     results = trial_results(experiment)
     rows = table(report, f"{SWEEP_METRIC} per epoch")
     assert sorted(r[1] for r in rows) == sorted(results)  # every trial, once
-    statuses = {Path(r["path"]).name.removeprefix("trial_"): r["status"] for r in read_trials(experiment)}
-    for _number, trial_id, status, epochs, best, last in rows:
-        values = [r[SWEEP_METRIC] for r in results[trial_id]]
-        assert status == statuses[trial_id] and int(epochs) == len(values)
+    statuses = {r["name"]: r["status"] for r in read_trials(experiment)}
+    for _number, name, status, epochs, best, last in rows:
+        values = [r[SWEEP_METRIC] for r in results[name]]
+        assert status == statuses[name] and int(epochs) == len(values)
         assert float(best) == pytest.approx(max(values), abs=5e-5)
         assert float(last) == pytest.approx(values[-1], abs=5e-5)
-    # trials numbered by start; best so far is the running maximum of the trials' bests
+    # best so far is the running maximum of the trials' bests
     by_number = {int(r[0]): float(r[4]) for r in rows}
     running = 0.0
     for number, best, so_far in table(report, "Best so far"):
@@ -319,14 +362,14 @@ def test_report_rebuilds_from_an_interrupted_experiment(sweep, tmp_path):
     copy = tmp_path / "e2e"
     shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("checkpoint_*", "events.out.*", "report*",
                                                                     "trials.csv", "summary.json", "test_metrics.json"))
-    cut = max(copy.glob("trial_*/result.json"), key=lambda p: len(p.read_text().splitlines()))
+    cut = max((f / "result.json" for f in trial_folders(copy)), key=lambda p: len(p.read_text().splitlines()))
     lines = cut.read_text().splitlines()
     cut.write_text(lines[0] + "\n" + lines[1][: len(lines[1]) // 2])  # epoch 1, then a line the kill cut short
     proc = run_cli("tune_main.py", "--report", str(copy), timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (copy / "report.md").read_text()
     rows = {r[1]: r for r in table(report, f"{SWEEP_METRIC} per epoch")}
-    assert rows[cut.parent.name.removeprefix("trial_")][2:4] == ["unfinished", "1"]
+    assert rows[cut.parent.name][2:4] == ["unfinished", "1"]
     assert "Final test" not in report and "no checkpoint of the best trial is left" in report
     assert_real_plot(copy / "report_val_iou.png")
 
@@ -340,11 +383,11 @@ def test_report_shows_what_is_readable_when_files_are_cut_short(sweep, tmp_path)
     copy = tmp_path / "e2e"
     shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("checkpoint_*", "events.out.*", "report*"))
     (copy / "test_metrics.json").write_text('{"images": 48, "test/iou": 0.5')
-    damaged = sorted(copy.glob("trial_*/params.json"))[0]
+    damaged = trial_folders(copy)[0] / "params.json"
     damaged.write_text('{"lr": 0.00')
     proc = run_cli("tune_main.py", "--report", str(copy), timeout=300)
     assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     report = (copy / "report.md").read_text()
     assert "## Final test\n\nNot shown: test_metrics.json is not readable" in report
     rows = {r[1] for r in table(report, f"{SWEEP_METRIC} per epoch")}
-    assert damaged.parent.name.removeprefix("trial_") in rows and len(rows) == NUM_SAMPLES  # still every trial
+    assert damaged.parent.name in rows and len(rows) == NUM_SAMPLES  # still every trial

@@ -1,0 +1,57 @@
+"""TensorBoard's view of a trial resumed after a kill: what the killed run wrote of the epochs that run again is
+taken out, so each epoch shows once (read back through TensorBoard's own loader)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from torch.utils.tensorboard import SummaryWriter
+
+from segtune.board import config_summary, domains, forget, session_summaries
+
+
+def write_killed_run(folder: Path) -> None:
+    """What a run killed during epoch 3 of a trial left: epochs 1-2 (two steps each) and the ending of an earlier
+    attempt's session."""
+    writer = SummaryWriter(str(folder))
+    for epoch in (1, 2):
+        writer.add_scalar("val/iou", epoch / 10, global_step=epoch)
+        for step in (2 * epoch - 1, 2 * epoch):
+            writer.add_scalar("train/loss_step", 1 / step, global_step=step)
+    doms = domains({"lr": ("loguniform", [1e-4, 1e-1])}, {})
+    for summary in session_summaries(doms, {"lr": 0.01}, "completed", "000-fpn-resnet18", 0.0):
+        writer.file_writer.add_summary(summary)
+    writer.file_writer.add_summary(config_summary(doms))
+    writer.close()
+
+
+def load(folder: Path) -> EventAccumulator:
+    acc = EventAccumulator(str(folder), size_guidance={"scalars": 0})
+    acc.Reload()
+    return acc
+
+
+def test_a_resumed_trial_forgets_the_epochs_it_runs_again_and_its_session(tmp_path):
+    write_killed_run(tmp_path)
+    forget(tmp_path, epoch=2, first_step=3)  # committed: epoch 1; the resumed trial runs epoch 2 again
+    # the resumed run writes epoch 2 again, with what it computes now
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_scalar("val/iou", 0.25, global_step=2)
+    writer.close()
+    acc = load(tmp_path)
+    assert [(e.step, round(e.value, 4)) for e in acc.Scalars("val/iou")] == [(1, 0.1), (2, 0.25)]
+    assert [e.step for e in acc.Scalars("train/loss_step")] == [1, 2]
+    tags = acc.PluginTagToContent("hparams")
+    assert "_hparams_/session_start_info" not in tags and "_hparams_/session_end_info" not in tags
+    assert "_hparams_/experiment" in tags  # not a trial's: kept
+    assert [p.name for p in tmp_path.iterdir() if "tfevents" not in p.name] == []  # replaced whole, no part left
+
+
+def test_a_trial_that_runs_on_after_its_last_point_leaves_its_files_as_they_are(tmp_path):
+    writer = SummaryWriter(str(tmp_path))
+    writer.add_scalar("val/iou", 0.1, global_step=1)
+    writer.close()
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    forget(tmp_path, epoch=2, first_step=3)  # nothing at or after epoch 2, no session
+    forget(tmp_path / "missing", epoch=1, first_step=1)  # a trial's first run: no folder yet
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
