@@ -20,10 +20,12 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	$(PY) -c "import torch, pytorch_lightning, segmentation_models_pytorch, ray.tune, optuna"
 	touch $(STAMP)
 
-# The main job on its embedded default: a small sweep (8 trials, ASHA) on a generated stand-in dataset
+# The main job on its embedded default: a small sweep (8 trials, ASHA) on a generated stand-in dataset of 640
+# images (288 train, 32 validation, 320 test), about three minutes on 2 CPU cores
+DEMO_FLAGS := --synthetic --synthetic-images 640 --data-dir data/demo --space demo --num-samples 8 \
+	--max-epochs 8 --grace-period 2 --reduction-factor 2
 demo: $(STAMP)
-	$(PY) tune_main.py --synthetic --data-dir data/synthetic --space smoke --num-samples 8 --max-epochs 4 \
-	    --grace-period 1 --reduction-factor 2 --name demo-$$(date +%Y%m%d-%H%M%S)
+	$(PY) tune_main.py $(DEMO_FLAGS) --name demo-$$(date +%Y%m%d-%H%M%S)
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

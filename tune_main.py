@@ -37,6 +37,8 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
                    help="download the dataset into --data-dir first")
     p.add_argument("--synthetic", action="store_true", default=default(D.synthetic),
                    help="generate a stand-in dataset in --data-dir if empty")
+    p.add_argument("--synthetic-images", type=int, default=default(D.synthetic_images),
+                   help="with --synthetic: images to generate (half trainval, half test)")
     p.add_argument("--num-samples", type=int, default=default(D.num_samples),
                    help="trials to run (x grid size with grid values)")
     p.add_argument("--max-epochs", type=int, default=default(D.max_epochs),

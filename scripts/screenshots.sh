@@ -2,7 +2,7 @@
 # The README's pictures: TensorBoard's HParams, time-series and images pages and report.md, as a reader sees
 # them, rendered in headless Chromium (Debian's `chromium` package), written to docs/img/. Not part of `make test`.
 #
-#   scripts/screenshots.sh                      # runs a small sweep of the smoke space first (~2 min on 2 cores)
+#   scripts/screenshots.sh                      # runs the demo's sweep first (make demo's flags, ~3 min on 2 cores)
 #   scripts/screenshots.sh results/demo-...     # or pictures of an experiment you have
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,8 +15,9 @@ experiment=${1:-}
 work=$(mktemp -d)
 trap 'kill "${tb_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 if [ -z "$experiment" ]; then
-    "$PY" tune_main.py --synthetic --data-dir data/synthetic --space smoke --num-samples 8 --max-epochs 4 \
-        --grace-period 1 --reduction-factor 2 --storage-path "$work/results" --name screenshots --seed 0
+    demo_flags=$(make -pn 2>/dev/null | sed -n 's/^DEMO_FLAGS := //p')
+    # shellcheck disable=SC2086  # the flags are words
+    "$PY" tune_main.py $demo_flags --storage-path "$work/results" --name screenshots
     experiment="$work/results/screenshots"
 fi
 test -f "$experiment/report.md" || { echo "error: $experiment: no report.md (not a finished sweep?)" >&2; exit 2; }
@@ -51,6 +52,20 @@ style = ("body{font-family:sans-serif;max-width:1300px;margin:20px auto}table{bo
 out.write_text(f'<html><head><base href="file://{experiment}/"><style>{style}</style></head><body>{body}</body></html>')
 EOF
 shot "file://$work/report.html" "$OUT/report.png"
+# the report's own plots of the demo: the best model's predictions (nearest-neighbour: pixels kept) and val/iou
+"$PY" - "$experiment" "$OUT" <<'EOF'
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+experiment, out = Path(sys.argv[1]), Path(sys.argv[2])
+with Image.open(experiment / "report_predictions.png") as image:
+    image.convert("RGB").resize((image.width * 2 // 3, image.height * 2 // 3), Image.NEAREST).save(
+        out / "demo-predictions.png")
+with Image.open(experiment / "report_val_iou.png") as image:
+    image.convert("RGB").save(out / "demo-val-iou.png")
+EOF
 # small files for the repository: 1000 px wide, 256 colours
 "$PY" - "$OUT"/*.png <<'EOF'
 import sys
@@ -59,7 +74,8 @@ from PIL import Image
 
 for path in sys.argv[1:]:
     with Image.open(path) as image:
-        small = image.convert("RGB").resize((1000, round(image.height * 1000 / image.width)), Image.LANCZOS)
+        width = min(1000, image.width)  # never enlarged
+        small = image.convert("RGB").resize((width, round(image.height * width / image.width)), Image.LANCZOS)
     small.quantize(256).save(path, optimize=True)
 EOF
 ls -l "$OUT"

@@ -8,6 +8,7 @@ TRAIN_LOSS_STEP = "train/loss_step"  # each training step's loss, read once per 
 VAL_PREDICTIONS = "val/predictions"  # image | truth | prediction of the first validation images
 LEARNING_RATE = "lr"
 EPOCH = "epoch"  # epochs completed, reported with every sweep result: ASHA's rungs and Optuna's steps count it
+DEVICE_SETUP = "device_setup"  # a sweep trial's device line (segcore.build.describe_device), with its results
 DIVERGED = "diverged"  # 1 in the last result of a trial whose loss became NaN / infinite (its val/iou is NaN)
 
 
@@ -17,4 +18,4 @@ def stage_metric(stage: str, name: str) -> str:
 
 
 # The metrics each evaluation stage logs (as ``<stage>/<name>``).
-EVAL_METRICS = ("loss", "iou", "per_image_iou", "dice", "per_image_dice")
+EVAL_METRICS = ("loss", "iou", "per_image_iou", "dice", "per_image_dice", "pet_fraction")

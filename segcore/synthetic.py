@@ -10,10 +10,15 @@ dataset is ~800 MB). This module writes a tiny fake dataset that torchvision's
     DIR/annotations/trainval.txt            same line format, no header (about half the images)
     DIR/annotations/test.txt                the other half
 
-Each image shows a "pet-like" shape (ellipse body, ellipse head, two triangle ears; random
-placement, scale and colour, with a noise texture) on a textured background (smooth blobs,
-stripes or a gradient) whose colours are kept well away from the pet's, so a segmentation model
-can actually learn it. Names cycle through the 37 real breeds; ``<n>`` counts from 1 per breed.
+Each image shows a "pet-like" shape (ellipse body, ellipse head, two triangle ears; at a random
+place and scale, from a fifth to most of the image, in a random colour with a fur texture) on a
+textured background (smooth blobs, stripes or a gradient) cluttered with angular objects (boxes,
+shards, poles) in other colours; in about half of the images one of them stands in front of the
+pet and hides part of it (hidden pet is background, as in the real trimaps). The trimap's border
+class is a thin band (about 1/48 of the image side) around the visible pet. What tells the pet
+from the clutter is its colour against its surroundings and its rounded shape, so a model has
+to learn shape as well as colour, and its capacity and learning rate show in the result.
+Names cycle through the 37 real breeds; ``<n>`` counts from 1 per breed.
 Output is deterministic: the same num / seed / sizes give byte-identical files.
 
 Usage: ``python -m segcore.synthetic DIR [--num N] [--seed S] [--min-size A] [--max-size B]``
@@ -105,8 +110,8 @@ def _pet_polygons(rng: np.random.Generator) -> list[np.ndarray]:
 
     ears = []
     spread = rng.uniform(0.45, 0.8)      # ear angle away from straight up
-    ear_len = rng.uniform(1.5, 2.1)
-    half_base = rng.uniform(0.22, 0.35)
+    ear_len = rng.uniform(1.4, 1.9)
+    half_base = rng.uniform(0.3, 0.42)  # wide enough to stay visible at 64 px
     for sign in (-1.0, 1.0):
         theta = -math.pi / 2 + sign * spread
         base = [(hx + 0.85 * hrx * math.cos(theta + d), hy + 0.85 * hry * math.sin(theta + d))
@@ -148,16 +153,61 @@ def _background(rng: np.random.Generator, h: int, w: int, c1: np.ndarray, c2: np
     return bg + rng.normal(0.0, rng.uniform(6.0, 18.0), size=(h, w, 3))
 
 
-def _pet_colour(rng: np.random.Generator, c1: np.ndarray, c2: np.ndarray, min_dist: float = 110.0) -> np.ndarray:
-    best, best_d = None, -1.0
-    for _ in range(200):
+# Fur colours, as pets have them (black, browns, ginger, golden, cream, white, greys); each pet is one, jittered.
+FUR = np.array([(28, 24, 22), (74, 48, 30), (125, 82, 48), (196, 118, 58), (208, 168, 92), (228, 210, 172),
+                (238, 236, 230), (128, 128, 132), (92, 88, 86)], dtype=np.float32)
+
+
+def _pet_colour(rng: np.random.Generator) -> np.ndarray:
+    return np.clip(FUR[int(rng.integers(0, len(FUR)))] + rng.uniform(-18.0, 18.0, size=3), 0, 255)
+
+
+def _scene_colour(rng: np.random.Generator, min_dist: float = 70.0) -> np.ndarray:
+    """A colour of the scene (background, clutter): at least ``min_dist`` from every fur colour. Pets are
+    fur-coloured and most of what surrounds them is not: colour is a cue, as in photos, and shape the rest."""
+    for _ in range(500):
         c = rng.integers(0, 256, size=3).astype(np.float32)
-        d = _dist_to_segment(c, c1, c2)
-        if d > best_d:
-            best, best_d = c, d
-        if d >= min_dist:
-            break
-    return best
+        if float(np.linalg.norm(FUR - c, axis=1).min()) >= min_dist:
+            return c
+    return np.array([40.0, 200.0, 60.0], dtype=np.float32)
+
+
+def _scene_colours(rng: np.random.Generator, min_dist: float = 50.0) -> tuple[np.ndarray, np.ndarray]:
+    """The background's two colours: no blend of them comes within ``min_dist`` of a fur colour."""
+    c1 = _scene_colour(rng)
+    for _ in range(200):
+        c2 = _scene_colour(rng)
+        if min(_dist_to_segment(f, c1, c2) for f in FUR) >= min_dist:
+            return c1, c2
+    return c1, c1
+
+
+def _angular_shape(rng: np.random.Generator, w: int, h: int, near: tuple[float, float] | None = None,
+                   size: float | None = None) -> list[tuple[float, float]]:
+    """A box, a shard (a triangle or quadrilateral) or a pole: corners, not the pet's curves. ``near``: its centre
+    (else anywhere); ``size``: about how long its longer side is (else up to a third of the image)."""
+    cx, cy = near if near is not None else (rng.uniform(0, w), rng.uniform(0, h))
+    size = size if size is not None else rng.uniform(0.08, 0.33) * min(w, h)
+    kind = int(rng.integers(0, 3))
+    angle = rng.uniform(0, math.pi)
+    if kind == 0:  # box
+        half = np.array([size / 2, size * rng.uniform(0.25, 0.5)])
+        corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
+    elif kind == 1:  # shard
+        n = int(rng.integers(3, 5))
+        t = np.sort(rng.uniform(0, 2 * math.pi, n))
+        corners = np.stack([np.cos(t), np.sin(t)], axis=1) * size / 2 * rng.uniform(0.6, 1.0, (n, 1))
+    else:  # pole: long and thin
+        half = np.array([size * rng.uniform(0.8, 1.5), max(1.5, size * rng.uniform(0.06, 0.12))])
+        corners = np.array([[-1, -1], [1, -1], [1, 1], [-1, 1]]) * half
+    ca, sa = math.cos(angle), math.sin(angle)
+    return [(float(cx + x * ca - y * sa), float(cy + x * sa + y * ca)) for x, y in corners]
+
+
+def _fill(shape: list[tuple[float, float]], w: int, h: int) -> np.ndarray:
+    img = Image.new("L", (w, h), 0)
+    ImageDraw.Draw(img).polygon(shape, fill=255)
+    return np.asarray(img) > 0
 
 
 def _border_radius(w: int, h: int) -> int:
@@ -177,7 +227,7 @@ def render_sample(rng: np.random.Generator, min_size: int, max_size: int) -> tup
         pts = np.concatenate(polys)
         lo, hi = pts.min(axis=0), pts.max(axis=0)
         bw, bh = hi - lo
-        frac = rng.uniform(0.5, 0.8)
+        frac = rng.uniform(0.5, 0.9)  # from half the frame to most of it
         scale = min(frac * (w - 2 * margin) / bw, frac * (h - 2 * margin) / bh)
         ox = rng.uniform(margin, w - margin - bw * scale) - lo[0] * scale
         oy = rng.uniform(margin, h - margin - bh * scale) - lo[1] * scale
@@ -186,6 +236,18 @@ def render_sample(rng: np.random.Generator, min_size: int, max_size: int) -> tup
         draw = ImageDraw.Draw(mask_img)
         for poly in polys:
             draw.polygon([(float(x) * scale + ox, float(y) * scale + oy) for x, y in poly], fill=255)
+        body = np.asarray(mask_img) > 0
+        occluder = None
+        if rng.random() < 0.5:  # something in front of the pet, over up to about a third of it
+            ys, xs = np.nonzero(body)
+            i = int(rng.integers(0, len(xs)))
+            occluder = _angular_shape(rng, w, h, near=(float(xs[i]), float(ys[i])),
+                                      size=rng.uniform(0.25, 0.6) * max(bw, bh) * scale)
+            hidden = _fill(occluder, w, h)
+            if (body & ~hidden).sum() < 0.6 * body.sum():
+                occluder = None  # hides too much: no occluder this time
+            else:
+                mask_img = Image.fromarray(np.where(hidden, 0, np.asarray(mask_img)).astype(np.uint8), "L")
         dilated = np.asarray(mask_img.filter(ImageFilter.MaxFilter(k))) > 0
         eroded = np.asarray(mask_img.filter(ImageFilter.MinFilter(k))) > 0
         trimap = np.full((h, w), TRIMAP_BACKGROUND, dtype=np.uint8)
@@ -195,13 +257,12 @@ def render_sample(rng: np.random.Generator, min_size: int, max_size: int) -> tup
             break
     else:  # pragma: no cover - the shape sizes above make this unreachable for sizes >= 32
         raise RuntimeError(f"could not draw a pet with a {k}px border into a {w}x{h} image")
-    mask = np.asarray(mask_img) > 0
+    mask = np.asarray(mask_img) > 0  # the visible pet
 
-    c1 = rng.integers(0, 256, size=3).astype(np.float32)
-    c2 = rng.integers(0, 256, size=3).astype(np.float32)
+    pet_c = _pet_colour(rng)
+    c1, c2 = _scene_colours(rng)
     bg = _background(rng, h, w, c1, c2)
 
-    pet_c = _pet_colour(rng, c1, c2)
     head_c = np.clip(pet_c + rng.uniform(-15.0, 15.0, size=3), 0, 255)
     head_img = Image.new("L", (w, h), 0)
     hdraw = ImageDraw.Draw(head_img)
@@ -212,7 +273,15 @@ def render_sample(rng: np.random.Generator, min_size: int, max_size: int) -> tup
     pet = np.where(head_mask[..., None], head_c, pet_c) + fur
     pet = pet + rng.normal(0.0, rng.uniform(4.0, 12.0), size=(h, w, 3))
 
+    # clutter behind the pet: angular objects in colours that are not the pet's
+    for _ in range(int(rng.integers(2, 7))):
+        thing = _fill(_angular_shape(rng, w, h), w, h)
+        colour = _scene_colour(rng)
+        bg = np.where(thing[..., None], colour + rng.normal(0.0, 8.0, size=(h, w, 3)), bg)
     rgb = np.where(mask[..., None], pet, bg)
+    if occluder is not None:  # and the one in front of it
+        hidden = _fill(occluder, w, h)
+        rgb = np.where(hidden[..., None], _scene_colour(rng) + rng.normal(0.0, 8.0, size=(h, w, 3)), rgb)
     rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     return Image.fromarray(rgb, "RGB"), Image.fromarray(trimap, "L")
 

@@ -29,7 +29,17 @@ from segcore.metrics_names import (
     VAL_PREDICTIONS,
     stage_metric,
 )
-from segtune.results import COMPLETED, DIVERGED, ERRORED, STATUSES, STOPPED, UNFINISHED, finite, trial_status
+from segtune.results import (
+    COLLAPSED,
+    COMPLETED,
+    DIVERGED,
+    ERRORED,
+    STATUSES,
+    STOPPED,
+    UNFINISHED,
+    finite,
+    trial_status,
+)
 
 SCALARS = (TRAIN_LOSS, *(stage_metric("val", m) for m in EVAL_METRICS), LEARNING_RATE)
 BEST, EPOCHS = f"{SWEEP_METRIC}_best", "trial/epochs"  # for HParams: the best so far, the epochs run
@@ -265,7 +275,8 @@ def session_summaries(doms: dict[str, tuple[str, list]], config: dict[str, Any],
     # TensorBoard's statuses are success, failure, running and unknown: a trial the scheduler stopped is no
     # success (its value is of a fraction of the budget), nor a failure; the outcome hparam names it exactly
     ended = {COMPLETED: api_pb2.STATUS_SUCCESS, STOPPED: api_pb2.STATUS_UNKNOWN, DIVERGED: api_pb2.STATUS_FAILURE,
-             ERRORED: api_pb2.STATUS_FAILURE, UNFINISHED: api_pb2.STATUS_RUNNING}[status]
+             COLLAPSED: api_pb2.STATUS_FAILURE, ERRORED: api_pb2.STATUS_FAILURE,
+             UNFINISHED: api_pb2.STATUS_RUNNING}[status]
     return [start, _session_end(ended)]
 
 

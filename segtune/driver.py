@@ -112,7 +112,8 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
     commit = saved_state.newest_readable(storage.ray_path_of_experiment) if settings.resume else None
     space = load_space(settings.space, prepare.parse_sets(settings.set), settings.search)
     data_dir = Path(settings.data_dir).resolve()
-    pending = prepare.ensure_dataset(data_dir, settings.synthetic, settings.download, dry_run=settings.dry_run)
+    pending = prepare.ensure_dataset(data_dir, settings.synthetic, settings.download, dry_run=settings.dry_run,
+                                     synthetic_images=settings.synthetic_images)
     base = prepare.base_config(space, data_dir, settings.max_epochs)
     configs: list[TrainConfig] = prepare.candidate_configs(space, base)
     resources = ""

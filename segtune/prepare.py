@@ -57,7 +57,8 @@ def candidate_configs(space: Space, base: dict[str, Any]) -> list[TrainConfig]:
     return configs
 
 
-def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, dry_run: bool = False) -> Optional[str]:
+def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, dry_run: bool = False,
+                   synthetic_images: int = 96) -> Optional[str]:
     """Generate or download the dataset when asked and absent. In a dry run nothing is fetched: returns what
     would happen instead (and the data check is then skipped)."""
     from segcore.data import find_root
@@ -77,8 +78,8 @@ def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, dry_run: boo
         except UserError:
             from segcore.synthetic import generate
 
-            generate(data_dir, num=96, seed=0, min_size=64, max_size=128)
-            print(f"generated a synthetic Oxford-IIIT Pet stand-in in {data_dir}")
+            generate(data_dir, num=synthetic_images, seed=0, min_size=64, max_size=128)
+            print(f"generated a synthetic Oxford-IIIT Pet stand-in of {synthetic_images} images in {data_dir}")
     elif download:
         from segcore.download import download_pets
 

@@ -9,20 +9,43 @@ from pathlib import Path
 from typing import Any, Optional
 
 from segcore.metrics_names import DIVERGED as DIVERGED_KEY
-from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
+from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE, stage_metric
 from segtune import naming
 from segtune.spaces import to_config_values
 from segtune.storage import (
     BEST_CONFIG_FILE,
     CHECKPOINT_FILE,
+    REPORT_FILE,
     SUMMARY_FILE,
     TEST_METRICS_FILE,
     TRIALS_CSV,
     write_text_atomic,
 )
 
-COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED = "completed", "stopped early", "diverged", "errored", "unfinished"
-STATUSES = (COMPLETED, STOPPED, DIVERGED, ERRORED, UNFINISHED)
+COMPLETED, STOPPED, DIVERGED, COLLAPSED = "completed", "stopped early", "diverged", "collapsed"
+ERRORED, UNFINISHED = "errored", "unfinished"
+STATUSES = (COMPLETED, STOPPED, DIVERGED, COLLAPSED, ERRORED, UNFINISHED)
+FAILED = (DIVERGED, COLLAPSED, ERRORED)  # outcomes that are no result: Optuna is told FAIL
+
+# The rule for a trial whose numbers are finite but mean nothing, read from its last epoch:
+# - diverged: its val/loss exceeds EXPLODED_LOSS. Every loss here starts near 1 for an untrained model (Dice at most
+#   1, BCE 0.69 at chance, focal and Lovasz below); a hundred times that is logits gone to extremes, not learning.
+# - collapsed: it predicts one class nearly everywhere, pet on fewer than COLLAPSED_FRACTION of the validation
+#   pixels or on more than 1 - COLLAPSED_FRACTION (a pet covers 10-60% of an Oxford-IIIT Pet image). Its val/iou
+#   is then the pet share of the split (all pet) or 0 (all background), whatever the hyperparameters.
+EXPLODED_LOSS = 100.0
+COLLAPSED_FRACTION = 0.01
+VAL_LOSS, PET_FRACTION = stage_metric("val", "loss"), stage_metric("val", "pet_fraction")
+
+
+def exploded(last: dict[str, Any]) -> bool:
+    loss = finite(last.get(VAL_LOSS))
+    return loss is not None and loss > EXPLODED_LOSS
+
+
+def collapsed(last: dict[str, Any]) -> bool:
+    share = finite(last.get(PET_FRACTION))
+    return share is not None and not COLLAPSED_FRACTION <= share <= 1 - COLLAPSED_FRACTION
 
 
 @dataclass
@@ -69,14 +92,19 @@ def finite(value: Any) -> Optional[float]:
 
 
 def trial_status(last: dict[str, Any], max_epochs: int, errored: bool, ended: bool) -> str:
-    """A trial's outcome from its last result: the one rule behind trials.csv, report.md and the live status line.
-    ``errored``: it raised (and is not being retried); ``ended``: it ended without error (a scheduler's stop).
+    """A trial's outcome from its last result: the one rule behind trials.csv, report.md, TensorBoard, Optuna and the
+    live status line. ``errored``: it raised (and is not being retried); ``ended``: it ended without error (a
+    scheduler's stop).
 
     Reaching ``max_epochs`` counts as completed even with an error: every epoch's result is there (and a retried
-    trial that went on to finish keeps its first attempt's error.txt)."""
-    if last.get(DIVERGED_KEY):
+    trial that went on to finish keeps its first attempt's error.txt). Diverged (a non-finite loss, or an exploded
+    one) and collapsed (one class predicted everywhere) are judged on the last epoch: a model that recovers is not."""
+    if last.get(DIVERGED_KEY) or exploded(last):
         return DIVERGED
-    if int(last.get(EPOCH) or 0) >= max_epochs:
+    finished = int(last.get(EPOCH) or 0) >= max_epochs
+    if (finished or ended) and collapsed(last):
+        return COLLAPSED
+    if finished:
         return COMPLETED
     if ended:
         return STOPPED
@@ -194,21 +222,24 @@ def format_summary(summary: dict[str, Any]) -> str:
     c = summary["counts"]
     head = "Sweep interrupted" if summary.get("interrupted") else "Sweep finished"
     lines = [f"{head}: {summary['trials']} trials: {c[COMPLETED]} completed, {c[STOPPED]} stopped early, "
-             f"{c[DIVERGED]} diverged, {c[ERRORED]} errored"
+             f"{c[DIVERGED]} diverged, {c.get(COLLAPSED, 0)} collapsed, {c[ERRORED]} errored"
              + (f", {c[UNFINISHED]} unfinished" if c[UNFINISHED] else "")]
     if summary.get("best_value") is not None:
         lines.append(f"Best {SWEEP_METRIC}: {summary['best_value']:.4f} (trial {summary.get('best_trial', '')})")
         params = to_config_values(summary["best_params"])
         lines.append("Best config: " + ", ".join(f"{k}={v}" for k, v in sorted(params.items())))
         lines.append(f"Best checkpoint: {summary['best_checkpoint']}")
-        exp = Path(summary["experiment"])
-        lines.append(f"Reproduce: python -m segcore.train --config {exp / BEST_CONFIG_FILE}")
     else:
         lines.append(f"No trial reported a finite {SWEEP_METRIC}.")
+    exp = Path(summary["experiment"])
     if summary.get("final_test"):
-        lines.append(f"{format_test(summary['final_test'])} -> {Path(summary['experiment']) / TEST_METRICS_FILE}")
+        lines.append(f"{format_test(summary['final_test'])} -> {exp / TEST_METRICS_FILE}")
+    lines.append(f"Trials table: {exp / TRIALS_CSV}")
     if (c[UNFINISHED] or summary.get("interrupted")) and summary.get("resume_command"):
         lines.append(f"Interrupted, state saved: continue with  {summary['resume_command']}")
-    lines.append(f"Compare trials: tensorboard --logdir {summary['experiment']}")
-    lines.append(f"Trials table: {Path(summary['experiment']) / TRIALS_CSV}")
+    # last, what to open next
+    lines += ["Open next:", f"  the report:       {exp / REPORT_FILE}",
+              f"  compare trials:   tensorboard --logdir {exp}"]
+    if summary.get("best_value") is not None:
+        lines.append(f"  the best config:  python -m segcore.train --config {exp / BEST_CONFIG_FILE}")
     return "\n".join(lines)

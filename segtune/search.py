@@ -12,7 +12,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from segcore.metrics_names import EPOCH
 from segtune import compat, naming, saved_state
-from segtune.results import ERRORED, trial_status
+from segtune.results import ERRORED, collapsed, exploded, trial_status
 from segtune.storage import OPTUNA_DB
 
 # user attributes of each Optuna trial: which Tune trial it is, its run name (its folder, TensorBoard's run), and how
@@ -25,8 +25,8 @@ class PrunedAwareOptunaSearch(OptunaSearch):
 
     Ray's OptunaSearch tells a trial COMPLETE with its last value even when ASHA stopped it after a fraction of the
     budget; TPE would then treat a 1-epoch score as a finished result. Here a trial that ended before ``max_t``
-    is PRUNED (its per-epoch values were already reported as intermediate values), a non-finite value (diverged)
-    FAIL, and an errored one FAIL once the sweep has ended (``fail_running``).
+    is PRUNED (its per-epoch values were already reported as intermediate values), a diverged or collapsed one
+    (segtune.results.trial_status) FAIL, and an errored one FAIL once the sweep has ended (``fail_running``).
 
     What Optuna is told of a trial is what the sweep has committed of it (segtune.saved_state): values and endings
     wait here (saved with the searcher) until a commit holds their result rows. Told at once, a kill before the
@@ -163,8 +163,8 @@ def outcome(result: Optional[dict], error: bool, metric: str, time_attr: str,
             max_t: int) -> tuple[optuna.trial.TrialState, Optional[float]]:
     S = optuna.trial.TrialState
     value = (result or {}).get(metric)
-    if error or value is None or not math.isfinite(value):
-        return S.FAIL, None
+    if error or value is None or not math.isfinite(value) or exploded(result) or collapsed(result):
+        return S.FAIL, None  # no result: a diverged or collapsed trial's val/iou says nothing of its hyperparameters
     if (result or {}).get(time_attr, 0) < max_t:
         return S.PRUNED, None
     return S.COMPLETE, float(value)

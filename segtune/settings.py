@@ -40,6 +40,7 @@ class SweepSettings:
     data_dir: str = "data"
     download: bool = False
     synthetic: bool = False
+    synthetic_images: int = 96  # with --synthetic: how many images the generated set has (half of them test)
     num_samples: int = 16
     max_epochs: int = 10
     grace_period: int = 1
@@ -85,6 +86,8 @@ class SweepSettings:
             p.append(f"--search {self.search!r}: one of {', '.join(SEARCHES)}")
         if self.scheduler not in SCHEDULERS:
             p.append(f"--scheduler {self.scheduler!r}: one of {', '.join(SCHEDULERS)}")
+        if self.synthetic_images < 2:
+            p.append(f"--synthetic-images must be >= 2 (one image per split at least), got {self.synthetic_images}")
         if self.num_samples < 1:
             p.append(f"--num-samples must be >= 1, got {self.num_samples}")
         if self.max_epochs < 1:

@@ -24,7 +24,15 @@ from segcore.build import build_module, describe_device, make_trainer, on_gpu, q
 from segcore.callbacks import comparison_grid, encoded_grid
 from segcore.config import TrainConfig
 from segcore.data import PetsDataModule
-from segcore.metrics_names import DIVERGED, EPOCH, SWEEP_METRIC, SWEEP_MODE, TRAIN_LOSS_STEP, VAL_PREDICTIONS
+from segcore.metrics_names import (
+    DEVICE_SETUP,
+    DIVERGED,
+    EPOCH,
+    SWEEP_METRIC,
+    SWEEP_MODE,
+    TRAIN_LOSS_STEP,
+    VAL_PREDICTIONS,
+)
 from segcore.model import DivergedError
 from segtune import checkpoint_policy as policies
 from segtune.checkpoint_policy import FULL, WEIGHTS, CheckpointClock, CheckpointPolicy
@@ -140,15 +148,16 @@ def full_state_bytes(trainer: pl.Trainer) -> int:
 
 def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, device_share: float = 1.0,
          announce: bool = False, **trainer_overrides: Any) -> None:
-    """``announce``: print the trial's device line (a single-process trial: one line per trial)."""
+    """``announce``: report the trial's device line with its results (a single-process trial)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # no data dir, no decoding: the driver's arrays
     datamodule = PetsDataModule(cfg, decoded=assets.data_for(cfg), device_share=device_share)
     if announce:
         datamodule.setup("fit")
         device = torch.device("cuda", 0) if on_gpu(cfg) else torch.device("cpu")  # Ray shows a trial its GPU as 0
-        line = describe_device(cfg, datamodule.data_path(device)[1])
-        print(f"trial on {socket.gethostname()}: {line}", flush=True)  # in the driver's log too
+        # reported with each result: the driver prints each distinct line once (tune_callbacks.Progress), where a
+        # print here would come once per trial, in every worker's name
+        report.extra[DEVICE_SETUP] = describe_device(cfg, datamodule.data_path(device)[1])
     module = build_module(cfg, encoder_state=assets.encoder_for(cfg))  # no download: the driver's weights
     trainer = make_trainer(cfg, None, callbacks=[report], logger=False, checkpoint=False, enable_progress_bar=False,
                            enable_model_summary=False, **trainer_overrides)

@@ -8,7 +8,7 @@ from typing import Optional
 
 from ray import tune
 
-from segcore.metrics_names import SWEEP_METRIC
+from segcore.metrics_names import DEVICE_SETUP, SWEEP_METRIC
 from segtune import interrupts
 from segtune.results import STATUSES, UNFINISHED, finite, trial_status
 
@@ -52,6 +52,7 @@ class Progress(tune.Callback):
     def setup(self, total_num_samples: Optional[int] = None, **info) -> None:
         self._started, self._printed_at, self._shown = time.monotonic(), 0.0, ""
         self._total = total_num_samples
+        self._devices: set[tuple[str, str]] = set()  # (host, device line) already printed
 
     def status(self, trials: list) -> str:
         counts = {"running": 0, "pending": 0, **{s: 0 for s in STATUSES if s != UNFINISHED}}
@@ -88,6 +89,16 @@ class Progress(tune.Callback):
 
     def on_step_end(self, iteration: int, trials: list, **info) -> None:
         self._print(trials)
+
+    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
+        """Where trials compute, once per distinct host and device line (every trial of a sweep on one kind of
+        machine shares one line): a GPU sweep's log says whether the GPU path was taken."""
+        line = result.get(DEVICE_SETUP)
+        if not isinstance(line, str) or (result.get("hostname", ""), line) in self._devices:
+            return
+        self._devices.add((result.get("hostname", ""), line))
+        if SHOW_PROGRESS:
+            print(f"trials on {result.get('hostname', '?')}: {line}", flush=True)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self._print(trials, force=True)

@@ -55,3 +55,17 @@ def test_a_trial_that_runs_on_after_its_last_point_leaves_its_files_as_they_are(
     forget(tmp_path, epoch=2, first_step=3)  # nothing at or after epoch 2, no session
     forget(tmp_path / "missing", epoch=1, first_step=1)  # a trial's first run: no folder yet
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_collapsed_or_diverged_trial_is_a_failed_session_with_its_outcome():
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    doms = domains({"lr": ("loguniform", [1e-4, 1e-1])}, {})
+    for status, ended in (("collapsed", api_pb2.STATUS_FAILURE), ("diverged", api_pb2.STATUS_FAILURE),
+                          ("stopped early", api_pb2.STATUS_UNKNOWN), ("completed", api_pb2.STATUS_SUCCESS)):
+        start, end = session_summaries(doms, {"lr": 0.01}, status, "003-fpn-resnet18", 0.0)
+        data = [plugin_data_pb2.HParamsPluginData.FromString(s.value[0].metadata.plugin_data.content)
+                for s in (start, end)]
+        assert data[0].session_start_info.hparams["outcome"].string_value == status
+        assert data[1].session_end_info.status == ended
+    assert "collapsed" in doms["outcome"][1]  # a value to filter on in TensorBoard

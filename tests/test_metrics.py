@@ -37,6 +37,7 @@ def test_matches_smp_metrics_computed_directly_over_two_updates():
         "per_image_iou": smp.metrics.iou_score(tp, fp, fn, tn, reduction="micro-imagewise"),
         "dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro"),
         "per_image_dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro-imagewise"),
+        "pet_fraction": pred.float().mean(),  # no pixel ignored here: every pixel counts
     }
     assert set(got) == set(expected)
     for name in expected:
@@ -100,7 +101,7 @@ def test_ignored_pixels_change_neither_iou_nor_dice():
         metric.update(x, target_ignored)
         results.append(metric.compute())
     for other in results[1:]:
-        for name in ("iou", "per_image_iou", "dice"):
+        for name in ("iou", "per_image_iou", "dice", "pet_fraction"):
             torch.testing.assert_close(other[name], results[0][name], msg=name)
 
     # and the values are those of the counted pixels alone
@@ -111,6 +112,7 @@ def test_ignored_pixels_change_neither_iou_nor_dice():
     fn = int((~pred.bool() & (target == 1) & keep).sum())
     assert results[0]["iou"].item() == pytest.approx(tp / (tp + fp + fn))
     assert results[0]["dice"].item() == pytest.approx(2 * tp / (2 * tp + fp + fn))
+    assert results[0]["pet_fraction"].item() == pytest.approx((tp + fp) / int(keep.sum()))
 
 
 def test_fit_and_validate_log_the_named_metrics(tiny_config, tmp_path):
@@ -123,7 +125,8 @@ def test_fit_and_validate_log_the_named_metrics(tiny_config, tmp_path):
     trainer.fit(module, datamodule=datamodule)
     names = {stage_metric("val", n) for n in EVAL_METRICS}
     assert SWEEP_METRIC in names
-    assert names == {"val/iou", "val/per_image_iou", "val/dice", "val/per_image_dice", "val/loss"}
+    assert names == {"val/iou", "val/per_image_iou", "val/dice", "val/per_image_dice", "val/loss",
+                     "val/pet_fraction"}
     assert names <= set(trainer.callback_metrics)
 
     results = trainer.validate(module, datamodule=datamodule, verbose=False)

@@ -236,7 +236,7 @@ def test_raising_trial_is_retried_from_its_checkpoint_and_nan_trials_end_diverge
     for r in by_status["completed"]:
         assert [x["epoch"] for x in reported[Path(r["path"]).name]] == list(range(1, MAX_EPOCHS + 1))
     assert f"Sweep finished: 4 trials: {len(by_status['completed'])} completed, 0 stopped early, " \
-           f"{len(by_status['diverged'])} diverged, 0 errored" in proc.stdout
+           f"{len(by_status['diverged'])} diverged, 0 collapsed, 0 errored" in proc.stdout
     summary = json.loads((experiment / "summary.json").read_text())
     assert summary["best_params"]["lr"] == 0.01 and math.isfinite(summary["best_value"])
     states = {t.params["lr"]: t.state for t in study(experiment).trials} if (experiment / "optuna.db").exists() \
@@ -279,7 +279,7 @@ def test_raising_trial_without_retries_is_errored_with_its_traceback_and_the_swe
     assert sum(r["status"] == "completed" for r in rows) == 2  # the others ran to the end
     error = (Path(errored[0]["path"]) / "error.txt").read_text()  # the trial's traceback, kept in its folder
     assert 'segtune/trial.py", line' in error and "in training_step" in error and "injected by the test" in error
-    assert "3 trials: 2 completed, 0 stopped early, 0 diverged, 1 errored" in proc.stdout
+    assert "3 trials: 2 completed, 0 stopped early, 0 diverged, 0 collapsed, 1 errored" in proc.stdout
     states = sorted(t.state.name for t in study(experiment).trials)
     assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # an errored trial is never a result to Optuna
     outcomes = {t.user_attrs["ray_trial_id"]: t.user_attrs["outcome"] for t in study(experiment).trials}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from segtune.results import COMPLETED, DIVERGED, ERRORED, STOPPED, UNFINISHED, format_summary, trial_status
+from segtune.results import COLLAPSED, COMPLETED, DIVERGED, ERRORED, STOPPED, UNFINISHED, format_summary, trial_status
 
 RESUME = "python tune_main.py --resume --storage-path /runs/results --name pets"
 
@@ -22,8 +22,9 @@ def test_interrupted_sweep_summary_prints_the_resume_command():
 
 
 def test_finished_sweep_summary_counts_every_outcome_and_has_no_resume_hint():
-    text = format_summary(summary(unfinished=0))
-    assert text.startswith("Sweep finished: 5 trials: 2 completed, 1 stopped early, 1 diverged, 1 errored")
+    text = format_summary({**summary(unfinished=0), "trials": 6, "counts": {**summary(0)["counts"], COLLAPSED: 1}})
+    assert text.startswith("Sweep finished: 6 trials: 2 completed, 1 stopped early, 1 diverged, 1 collapsed, "
+                           "1 errored")
     assert "--resume" not in text and "unfinished" not in text
     assert "tensorboard --logdir /runs/results/pets" in text
 
@@ -36,6 +37,16 @@ def test_finished_sweep_summary_counts_every_outcome_and_has_no_resume_hint():
     ({"epoch": 1}, True, False, ERRORED),
     ({"epoch": 1}, False, False, UNFINISHED),
     ({}, False, False, UNFINISHED),  # never reported: interrupted before its first epoch
+    # collapsed: one class everywhere at its last epoch (1% of the pixels or fewer predicted pet, or 99% or more)
+    ({"epoch": 3, "val/pet_fraction": 1.0, "val/iou": 0.2195}, False, False, COLLAPSED),
+    ({"epoch": 1, "done": True, "val/pet_fraction": 0.004}, False, True, COLLAPSED),
+    ({"epoch": 3, "val/pet_fraction": 0.011}, False, False, COMPLETED),  # a small pet share, but not none
+    ({"epoch": 1, "val/pet_fraction": 0.0}, False, False, UNFINISHED),  # still running: it may recover
+    ({"epoch": 1, "val/pet_fraction": 0.0}, True, False, ERRORED),
+    # diverged without a NaN: the validation loss exploded (over 100; every loss here starts near 1)
+    ({"epoch": 4, "val/loss": 2.5e5, "val/pet_fraction": 1.0}, False, False, DIVERGED),
+    ({"epoch": 2, "done": True, "val/loss": 195.0}, False, True, DIVERGED),
+    ({"epoch": 3, "val/loss": 99.0, "val/pet_fraction": 0.3}, False, False, COMPLETED),
 ])
 def test_one_rule_names_each_trials_outcome(last, errored, ended, expected):
     assert trial_status(last, max_epochs=3, errored=errored, ended=ended) == expected

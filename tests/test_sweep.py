@@ -252,13 +252,17 @@ def test_terminal_shows_a_compact_status_line_not_rays_tables(sweep):
     assert f"best {SWEEP_METRIC} {best:.4f}" in last
 
 
-def test_each_trial_says_where_it_computes_and_where_its_batches_come_from(sweep):
-    _, proc = sweep
-    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "trial on " in line]
-    assert lines, proc.stdout[-3000:]
-    for line in lines:  # on this CPU machine: full precision, NCHW, the host loader, and why
-        assert "device: CPU" in line and "precision=32-true" in line and "channels_last=False" in line, line
-        assert "; data: host loader (CPU: a batch is a copy from memory either way)" in line, line
+def test_the_sweep_says_once_where_its_trials_compute_and_where_their_batches_come_from(sweep):
+    experiment, proc = sweep
+    lines = [line for line in (proc.stdout + proc.stderr).splitlines() if "device: " in line]
+    # 6 trials on one machine of one kind: one line, from the driver (not one per trial, in each worker's name)
+    assert len(lines) == 1 and lines[0].startswith("trials on "), lines
+    line = lines[0]  # on this CPU machine: full precision, NCHW, the host loader, and why
+    assert "device: CPU" in line and "precision=32-true" in line and "channels_last=False" in line, line
+    assert "; data: host loader (CPU: a batch is a copy from memory either way)" in line, line
+    # and every trial's own line is in its results
+    for rows in trial_results(experiment).values():
+        assert line.endswith(rows[-1]["device_setup"])
 
 
 def test_final_test_matches_a_direct_evaluation_of_the_best_checkpoint(sweep):
