@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from segcore.errors import cli_entry
+from segcore.errors import UserError, cli_entry
 from segtune.settings import NOT_SETTINGS, SCHEDULERS, SEARCHES, SweepSettings
 from segtune.spaces import list_spaces
 
@@ -68,8 +68,10 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--storage-path", default=default(D.storage_path),
                    help="where experiments are kept: a local or shared path, or an s3:// / gs:// URI")
     p.add_argument("--name", default=default(D.name), help="experiment name: <storage-path>/<name>")
-    p.add_argument("--resume", action="store_true", default=default(D.resume),
-                   help="continue the interrupted sweep <storage-path>/<name>")
+    p.add_argument("--resume", nargs="?", const=True, default=default(D.resume), metavar="auto",
+                   help="continue the interrupted sweep <storage-path>/<name>; --resume auto: continue it if it "
+                        "exists, else start it (one command for jobs a scheduler may requeue; a finished sweep is "
+                        "reported, not run again)")
     p.add_argument("--address", default=default(D.address),
                    help="join a running Ray cluster (default: start a local one)")
     p.add_argument("--seed", type=int, default=default(D.seed), help="seeds the search algorithm")
@@ -100,7 +102,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
         print(f"report: {build_report(args.report.resolve())}")
         return 0
-    settings = SweepSettings.from_dict({k: v for k, v in vars(args).items() if k not in NOT_SETTINGS})
+    values = {k: v for k, v in vars(args).items() if k not in NOT_SETTINGS}
+    if values["resume"] == "auto":
+        values.update(resume=False, resume_auto=True)
+    elif not isinstance(values["resume"], bool):
+        raise UserError(f"--resume {values['resume']!r}: give --resume alone (continue the sweep) or --resume auto "
+                        "(continue it if it exists, else start it)")
+    settings = SweepSettings.from_dict(values)
     named = set(vars(build_parser(given_only=True).parse_args(argv)))  # what --resume may not change
     from segtune.driver import run_sweep  # imports Ray: not for the modes above
     from segtune.interrupts import Interrupts

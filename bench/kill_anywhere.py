@@ -1,8 +1,8 @@
 """Kill a sweep anywhere, resume it, and check that nothing reported was lost or repeated.
 
 One sweep of the `smoke` space on generated data; its driver's process group is killed with SIGKILL at points
-drawn from --seed over the sweep's whole life, and the sweep is resumed with --resume after each kill, until it
-ends. The points:
+drawn from --seed over the sweep's whole life, and the same command (with --resume auto, as a requeued job runs it)
+is run again after each kill, until it ends. The points:
 
   startup      a random moment before any trial has started
   launch       right after a trial's folder appears (trials launching)
@@ -202,12 +202,12 @@ def one_sweep(args, rng: random.Random, points, work: Path, name: str, kills_lef
     """Run one sweep to its end, killing it ``kills_left`` times at most; returns what happened."""
     storage, data = work / "results", work / "data"
     experiment = storage / name
-    resume = ["tune_main.py", "--resume", "--storage-path", str(storage), "--name", name]
+    # one command for every start and restart, as a scheduler requeues a job: --resume auto starts the sweep, or
+    # continues it when a run before was killed (also before it saved anything)
+    argv = [*sweep_argv(args, data, storage, name), "--resume", "auto"]
     seen, kills, runs = [], [], 0
     started = time.monotonic()
     while True:
-        # killed before it wrote sweep.yaml, the sweep never started: its command is run again
-        argv = resume if (experiment / "sweep.yaml").is_file() else sweep_argv(args, data, storage, name)
         run = Run(argv, work / f"{name}-run{runs}.log")
         runs += 1
         if len(kills) < kills_left:

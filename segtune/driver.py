@@ -30,7 +30,8 @@ from segtune import cluster, prepare, saved_state
 from segtune.assets import SweepAssets, build_assets
 from segtune.checkpoint_policy import CheckpointPolicy
 from segtune.interrupts import Interrupts
-from segtune.settings import SweepSettings, resume_command, save_settings, settings_for
+from segtune.results import finished_sweep
+from segtune.settings import SweepSettings, auto_resume, resume_command, save_settings, settings_for
 from segtune.spaces import Space, load_space
 from segtune.storage import SPACE_FILE, Storage
 
@@ -71,9 +72,24 @@ class Prepared:
     ray_start: Optional[cluster.LocalStart] = None  # a local Ray starting beside the data preparation
 
 
+class SweepFinished(Exception):
+    """--resume auto found the sweep finished: nothing to run (a requeued job whose sweep had ended)."""
+
+    def __init__(self, experiment: Path, summary: dict[str, Any]):
+        super().__init__(str(experiment))
+        self.experiment, self.summary = experiment, summary
+
+
 def run_sweep(given: SweepSettings, named: set[str], interrupts: Interrupts) -> int:
     """Check everything, prepare the assets, run (or resume) the sweep, summarise it; returns the exit code."""
-    job = check_and_prepare(given, named)
+    try:
+        job = check_and_prepare(given, named)
+    except SweepFinished as done:
+        from segtune.results import format_summary
+
+        print(f"--resume auto: {done.experiment} holds a finished sweep; nothing to run", flush=True)
+        print(format_summary(done.summary), flush=True)
+        return 0
     try:
         ray_cluster = connect(job, interrupts)
         print(plan(job), flush=True)
@@ -103,7 +119,13 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
     """Step 1. Cheap checks first (settings, storage, resources), then the data decoded and weights fetched once,
     here, before any trial."""
     storage = Storage(given.storage_path, given.name)
+    if given.resume_auto:
+        given = given.replace(resume=auto_resume(storage.local))
     settings = settings_for(given, named, storage.local)
+    if settings.resume_auto and settings.resume:
+        summary = finished_sweep(storage.local, settings.no_final_test)
+        if summary is not None:
+            raise SweepFinished(storage.local, summary)
     storage.check_writable()
     if storage.local.exists() and not settings.resume and any(storage.local.iterdir()):
         raise UserError(f"--name {settings.name}: {storage.local} already holds an experiment; add --resume to "

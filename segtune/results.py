@@ -208,6 +208,21 @@ def summarise(result_grid, searched_keys: list[str], base: dict[str, Any], max_e
     return summary
 
 
+def finished_sweep(experiment_dir: Path, no_final_test: bool) -> Optional[dict[str, Any]]:
+    """The summary of the sweep in ``experiment_dir`` if it ran to its end: not interrupted, no trial unfinished,
+    its final test done (unless skipped or no trial had a checkpoint) and its report written; else None."""
+    try:
+        summary = json.loads((experiment_dir / SUMMARY_FILE).read_text())
+    except (OSError, ValueError):
+        return None  # not summarised yet, or cut short by a kill
+    if not isinstance(summary, dict) or summary.get("interrupted") is not False:
+        return None
+    if (summary.get("counts") or {}).get(UNFINISHED, 1) != 0:
+        return None
+    tested = no_final_test or not summary.get("best_checkpoint") or "final_test" in summary
+    return summary if tested and (experiment_dir / REPORT_FILE).is_file() else None
+
+
 def write_summary(summary: dict[str, Any], experiment_dir: Path) -> None:
     write_text_atomic(experiment_dir / SUMMARY_FILE, json.dumps(summary, indent=2, default=str))
 

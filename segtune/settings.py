@@ -25,7 +25,8 @@ LEGACY_SETTINGS_FILE = "sweep.json"  # what earlier versions wrote: still read
 SAVED_BY_KEY, STATE_FORMAT = "saved_by", 1
 
 # Flags a resumed sweep may change: how to reach Ray and what to print. The rest comes from sweep.yaml.
-RESUME_MAY_CHANGE = {"resume", "address", "verbose", "dry_run", "dashboard", "storage_path", "name", "no_final_test"}
+RESUME_MAY_CHANGE = {"resume", "resume_auto", "address", "verbose", "dry_run", "dashboard", "storage_path", "name",
+                     "no_final_test"}
 # Keys earlier versions saved in sweep.yaml that are not settings (tune_main's other modes): ignored when read
 NOT_SETTINGS = {"list_spaces", "report"}
 SEARCHES, SCHEDULERS = ("optuna", "random"), ("asha", "fifo")
@@ -56,6 +57,9 @@ class SweepSettings:
     storage_path: str = "results"
     name: str = "sweep"
     resume: bool = False
+    # --resume auto: continue the sweep if <storage-path>/<name> holds one, else start it (decided by auto_resume;
+    # ``resume`` then says which). Not saved: each run says it again.
+    resume_auto: bool = field(default=False, metadata={"saved": False})
     address: Optional[str] = None
     seed: int = 0
     set: list[str] = field(default_factory=list)
@@ -182,6 +186,19 @@ def save_settings(settings: SweepSettings, experiment_dir: Path) -> None:
     saved = {**settings.to_saved(), SAVED_BY_KEY: saved_by()}
     write_text_atomic(experiment_dir / SETTINGS_FILE, "# the flags this sweep started with (--resume reads them)\n"
                       + yaml.safe_dump(saved, sort_keys=True))
+
+
+def auto_resume(experiment_dir: Path) -> bool:
+    """--resume auto: True to continue the sweep in ``experiment_dir``, False to start it (the folder is absent or
+    empty: a job killed before its sweep wrote anything, or cut short while writing sweep.yaml, which is written
+    first). A folder that holds files but no sweep is refused."""
+    cut_short = f".{SETTINGS_FILE}.tmp-"  # storage.write_text_atomic's temporary file
+    if not experiment_dir.is_dir() or all(p.name.startswith(cut_short) for p in experiment_dir.iterdir()):
+        return False
+    if any((experiment_dir / name).is_file() for name in (SETTINGS_FILE, LEGACY_SETTINGS_FILE)):
+        return True
+    raise UserError(f"--resume auto: {experiment_dir} holds files but no sweep started by tune_main.py (no "
+                    f"{SETTINGS_FILE}); nothing there is overwritten: choose another --name or --storage-path")
 
 
 def read_settings(experiment_dir: Path, flag: str, hint: str = "") -> tuple[Path, dict]:
