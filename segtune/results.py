@@ -30,9 +30,12 @@ FAILED = (DIVERGED, COLLAPSED, ERRORED)  # outcomes that are no result: Optuna i
 # The rule for a trial whose numbers are finite but mean nothing, read from its last epoch:
 # - diverged: its val/loss exceeds EXPLODED_LOSS. Every loss here starts near 1 for an untrained model (Dice at most
 #   1, BCE 0.69 at chance, focal and Lovasz below); a hundred times that is logits gone to extremes, not learning.
-# - collapsed: it predicts one class nearly everywhere, pet on fewer than COLLAPSED_FRACTION of the validation
-#   pixels or on more than 1 - COLLAPSED_FRACTION (a pet covers 10-60% of an Oxford-IIIT Pet image). Its val/iou
-#   is then the pet share of the split (all pet) or 0 (all background), whatever the hyperparameters.
+# - collapsed: it ran its whole budget and predicts one class nearly everywhere, pet on fewer than
+#   COLLAPSED_FRACTION of the validation pixels or on more than 1 - COLLAPSED_FRACTION (a pet covers 10-60% of an
+#   Oxford-IIIT Pet image). Its val/iou is then the pet share of the split (all pet) or 0 (all background), whatever
+#   the hyperparameters: no result, though it would otherwise count as completed. A trial ASHA stopped stays
+#   "stopped early" (PRUNED, its values kept for TPE): models from scratch often predict one class after their
+#   first epochs and recover, and a slow start is not a failure.
 EXPLODED_LOSS = 100.0
 COLLAPSED_FRACTION = 0.01
 VAL_LOSS, PET_FRACTION = stage_metric("val", "loss"), stage_metric("val", "pet_fraction")
@@ -98,14 +101,11 @@ def trial_status(last: dict[str, Any], max_epochs: int, errored: bool, ended: bo
 
     Reaching ``max_epochs`` counts as completed even with an error: every epoch's result is there (and a retried
     trial that went on to finish keeps its first attempt's error.txt). Diverged (a non-finite loss, or an exploded
-    one) and collapsed (one class predicted everywhere) are judged on the last epoch: a model that recovers is not."""
+    one) and collapsed (one class predicted everywhere at the end of its budget) are judged on the last epoch."""
     if last.get(DIVERGED_KEY) or exploded(last):
         return DIVERGED
-    finished = int(last.get(EPOCH) or 0) >= max_epochs
-    if (finished or ended) and collapsed(last):
-        return COLLAPSED
-    if finished:
-        return COMPLETED
+    if int(last.get(EPOCH) or 0) >= max_epochs:
+        return COLLAPSED if collapsed(last) else COMPLETED
     if ended:
         return STOPPED
     if errored:

@@ -163,10 +163,12 @@ def outcome(result: Optional[dict], error: bool, metric: str, time_attr: str,
             max_t: int) -> tuple[optuna.trial.TrialState, Optional[float]]:
     S = optuna.trial.TrialState
     value = (result or {}).get(metric)
-    if error or value is None or not math.isfinite(value) or exploded(result) or collapsed(result):
-        return S.FAIL, None  # no result: a diverged or collapsed trial's val/iou says nothing of its hyperparameters
+    if error or value is None or not math.isfinite(value) or exploded(result):
+        return S.FAIL, None  # no result: a diverged trial's val/iou says nothing of its hyperparameters
     if (result or {}).get(time_attr, 0) < max_t:
         return S.PRUNED, None
+    if collapsed(result):
+        return S.FAIL, None  # its whole budget spent predicting one class (segtune.results.trial_status)
     return S.COMPLETE, float(value)
 
 

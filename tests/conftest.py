@@ -18,6 +18,9 @@ os.environ.setdefault("SEGCORE_CACHE_DIR", str(Path(os.environ.get("PYTEST_TMPDI
 # The smallest config that still exercises the real code paths. Its encoder (2 M parameters with FPN's decoder,
 # 24 MB checkpoints with Adam's state) keeps the suite's sweeps to a few hundred MB of disk; resnet18's are 157 MB.
 SMALL_ENCODER = "tu-mobilenetv3_small_050"
+# A trial that spent its whole budget: completed, or collapsed (segtune.results: one class predicted everywhere at
+# its end), which the suite's tiny models on a few images, a few epochs from scratch, now and then are.
+RAN_TO_END = ("completed", "collapsed")
 TINY = dict(arch="fpn", encoder=SMALL_ENCODER, encoder_weights="none", image_size=64, batch_size=4, epochs=1,
             num_workers=0, accelerator="cpu", devices="1")
 

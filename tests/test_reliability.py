@@ -18,7 +18,7 @@ import optuna
 import pytest
 
 from bench.kill_anywhere import check_sweep, read_rows
-from conftest import REPO, SMALL_ENCODER, run_cli
+from conftest import RAN_TO_END, REPO, SMALL_ENCODER, run_cli
 from segcore.metrics_names import SWEEP_METRIC
 
 pytestmark = pytest.mark.slow
@@ -156,9 +156,10 @@ def test_interrupted_three_times_then_resumed_loses_and_repeats_nothing(tmp_path
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert check_sweep(experiment, 5, snapshots, MAX_EPOCHS, optuna_study=True) == []
     rows = read_csv(experiment / "trials.csv")
-    assert len(rows) == 5 and all(r["status"] == "completed" for r in rows), [r["status"] for r in rows]
-    for trial in study(experiment).trials:
-        assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert len(rows) == 5 and all(r["status"] in RAN_TO_END for r in rows), [r["status"] for r in rows]
+    for trial in study(experiment).trials:  # a collapsed trial is no result: FAIL
+        assert trial.state == (optuna.trial.TrialState.COMPLETE if trial.user_attrs["outcome"] == "completed"
+                               else optuna.trial.TrialState.FAIL)
         assert sorted(trial.intermediate_values) == list(range(1, MAX_EPOCHS + 1))
         assert trial.user_attrs["run_name"] == Path(rows[trial.number]["path"]).name  # trials.csv is by number
     assert_tensorboard_tells_the_rows(experiment, rows)
@@ -226,17 +227,19 @@ def test_raising_trial_is_retried_from_its_checkpoint_and_nan_trials_end_diverge
     experiment = storage / name
     rows = read_csv(experiment / "trials.csv")
     by_status = {s: [r for r in rows if r["status"] == s] for s in ("completed", "diverged", "errored")}
+    by_status["ran"] = [r for r in rows if r["status"] in RAN_TO_END]
     assert len(rows) == 4 and not by_status["errored"], [r["status"] for r in rows]
-    assert by_status["completed"] and by_status["diverged"], [r["status"] for r in rows]
+    assert by_status["ran"] and by_status["diverged"], [r["status"] for r in rows]
     assert {r["param.lr"] for r in by_status["diverged"]} == {"1e+38"}
-    assert {r["param.lr"] for r in by_status["completed"]} == {"0.01"}
+    assert {r["param.lr"] for r in by_status["ran"]} == {"0.01"}
     assert all(r[f"best_{SWEEP_METRIC}"] == "" for r in by_status["diverged"])  # NaN is never a result
     reported = results(experiment)
     assert_each_epoch_once(reported)  # the retried trial continued from its checkpoint: no epoch twice
-    for r in by_status["completed"]:
+    for r in by_status["ran"]:
         assert [x["epoch"] for x in reported[Path(r["path"]).name]] == list(range(1, MAX_EPOCHS + 1))
+    collapsed = len(by_status["ran"]) - len(by_status["completed"])
     assert f"Sweep finished: 4 trials: {len(by_status['completed'])} completed, 0 stopped early, " \
-           f"{len(by_status['diverged'])} diverged, 0 collapsed, 0 errored" in proc.stdout
+           f"{len(by_status['diverged'])} diverged, {collapsed} collapsed, 0 errored" in proc.stdout
     summary = json.loads((experiment / "summary.json").read_text())
     assert summary["best_params"]["lr"] == 0.01 and math.isfinite(summary["best_value"])
     states = {t.params["lr"]: t.state for t in study(experiment).trials} if (experiment / "optuna.db").exists() \
@@ -276,11 +279,13 @@ def test_raising_trial_without_retries_is_errored_with_its_traceback_and_the_swe
     errored = [r for r in rows if r["status"] == "errored"]
     assert len(rows) == 3 and len(errored) == 1, [r["status"] for r in rows]
     assert "injected by the test suite" in errored[0]["error"]
-    assert sum(r["status"] == "completed" for r in rows) == 2  # the others ran to the end
+    assert sum(r["status"] in RAN_TO_END for r in rows) == 2  # the others ran to the end
     error = (Path(errored[0]["path"]) / "error.txt").read_text()  # the trial's traceback, kept in its folder
     assert 'segtune/trial.py", line' in error and "in training_step" in error and "injected by the test" in error
-    assert "3 trials: 2 completed, 0 stopped early, 0 diverged, 0 collapsed, 1 errored" in proc.stdout
+    completed = sum(r["status"] == "completed" for r in rows)
+    assert f"3 trials: {completed} completed, 0 stopped early, 0 diverged, {2 - completed} collapsed, 1 errored" \
+        in proc.stdout
     states = sorted(t.state.name for t in study(experiment).trials)
-    assert states == ["COMPLETE", "COMPLETE", "FAIL"]  # an errored trial is never a result to Optuna
+    assert states == ["COMPLETE"] * completed + ["FAIL"] * (3 - completed)  # an errored trial is never a result
     outcomes = {t.user_attrs["ray_trial_id"]: t.user_attrs["outcome"] for t in study(experiment).trials}
     assert outcomes == {r["trial_id"]: r["status"] for r in rows}  # "errored" in both

@@ -39,7 +39,7 @@ def test_finished_sweep_summary_counts_every_outcome_and_has_no_resume_hint():
     ({}, False, False, UNFINISHED),  # never reported: interrupted before its first epoch
     # collapsed: one class everywhere at its last epoch (1% of the pixels or fewer predicted pet, or 99% or more)
     ({"epoch": 3, "val/pet_fraction": 1.0, "val/iou": 0.2195}, False, False, COLLAPSED),
-    ({"epoch": 1, "done": True, "val/pet_fraction": 0.004}, False, True, COLLAPSED),
+    ({"epoch": 1, "done": True, "val/pet_fraction": 0.004}, False, True, STOPPED),  # stopped: may have recovered
     ({"epoch": 3, "val/pet_fraction": 0.011}, False, False, COMPLETED),  # a small pet share, but not none
     ({"epoch": 1, "val/pet_fraction": 0.0}, False, False, UNFINISHED),  # still running: it may recover
     ({"epoch": 1, "val/pet_fraction": 0.0}, True, False, ERRORED),

@@ -28,8 +28,10 @@ def tune_trial(trial_id: str, config: dict, experiment_tag: str = ""):
     ({SWEEP_METRIC: math.nan, EPOCH: 5}, False, (S.FAIL, None)),  # diverged: never a good result
     (None, True, (S.FAIL, None)),
     ({SWEEP_METRIC: 0.2195, EPOCH: 5, "val/pet_fraction": 1.0}, False, (S.FAIL, None)),  # collapsed
+    ({SWEEP_METRIC: 0.0, EPOCH: 2, "val/pet_fraction": 0.0}, False, (S.PRUNED, None)),  # stopped: a slow start
     ({SWEEP_METRIC: 0.2195, EPOCH: 5, "val/loss": 2.5e5}, False, (S.FAIL, None)),  # exploded
-], ids=["complete", "stopped-early", "errored", "nan", "no-result", "collapsed", "exploded"])
+], ids=["complete", "stopped-early", "errored", "nan", "no-result", "collapsed", "stopped-one-class",
+        "exploded"])
 def test_trial_outcome_told_to_optuna(result, error, expected):
     assert outcome(result, error, SWEEP_METRIC, EPOCH, max_t=5) == expected
 
