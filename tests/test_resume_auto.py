@@ -17,7 +17,7 @@ from conftest import REPO, SMALL_ENCODER, run_cli
 
 pytestmark = pytest.mark.slow
 
-SAMPLES, EPOCHS = 2, 2
+SAMPLES, EPOCHS = 3, 2
 
 
 def command(data: Path, storage: Path, *extra: str) -> list[str]:
@@ -25,6 +25,8 @@ def command(data: Path, storage: Path, *extra: str) -> list[str]:
     return ["tune_main.py", "--data-dir", str(data), "--space", "smoke", "--set", "image_size=64", "--set",
             f"encoder={SMALL_ENCODER}", "--set", "batch_size=8", "--num-samples", str(SAMPLES), "--max-epochs",
             str(EPOCHS), "--scheduler", "fifo", "--max-concurrent", "1", "--storage-path", str(storage),
+            # every epoch's full state: rows become visible epoch by epoch, so a kill at the first leaves work
+            "--checkpoint-every", "1",
             "--name", "job", "--seed", "3", *extra, "--resume", "auto"]
 
 
@@ -70,7 +72,7 @@ def test_one_command_starts_continues_and_reports_a_finished_sweep(pets_root, tm
     # 3. to the end: nothing reported before the kill lost or repeated, one Optuna trial per sweep trial
     proc = run_cli(*argv, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "Sweep finished: 2 trials:" in proc.stdout and "unfinished" not in proc.stdout
+    assert "Sweep finished: 3 trials:" in proc.stdout and "unfinished" not in proc.stdout
     assert check_sweep(experiment, SAMPLES, [snapshot], EPOCHS, optuna_study=True) == []
 
     # 4. run again after the end (a requeue that comes late): reported as finished, nothing run or rewritten
@@ -78,7 +80,7 @@ def test_one_command_starts_continues_and_reports_a_finished_sweep(pets_root, tm
     proc = run_cli(*argv, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert f"--resume auto: {experiment} holds a finished sweep; nothing to run" in proc.stdout
-    assert "Sweep finished: 2 trials:" in proc.stdout and "Final test" in proc.stdout
+    assert "Sweep finished: 3 trials:" in proc.stdout and "Final test" in proc.stdout
     assert "experiment:" not in proc.stdout  # no plan: neither Ray nor the data were touched
     assert {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in experiment.rglob("*") if p.is_file()} == kept
 
