@@ -237,15 +237,14 @@ def render_sample(rng: np.random.Generator, min_size: int, max_size: int) -> tup
         for poly in polys:
             draw.polygon([(float(x) * scale + ox, float(y) * scale + oy) for x, y in poly], fill=255)
         body = np.asarray(mask_img) > 0
-        occluder = None
+        hidden = None  # what an object in front of the pet covers
         if rng.random() < 0.5:  # something in front of the pet, over up to about a third of it
             ys, xs = np.nonzero(body)
             i = int(rng.integers(0, len(xs)))
-            occluder = _angular_shape(rng, w, h, near=(float(xs[i]), float(ys[i])),
-                                      size=rng.uniform(0.25, 0.6) * max(bw, bh) * scale)
-            hidden = _fill(occluder, w, h)
+            hidden = _fill(_angular_shape(rng, w, h, near=(float(xs[i]), float(ys[i])),
+                                          size=rng.uniform(0.25, 0.6) * max(bw, bh) * scale), w, h)
             if (body & ~hidden).sum() < 0.6 * body.sum():
-                occluder = None  # hides too much: no occluder this time
+                hidden = None  # hides too much: no occluder this time
             else:
                 mask_img = Image.fromarray(np.where(hidden, 0, np.asarray(mask_img)).astype(np.uint8), "L")
         dilated = np.asarray(mask_img.filter(ImageFilter.MaxFilter(k))) > 0
@@ -279,8 +278,7 @@ def render_sample(rng: np.random.Generator, min_size: int, max_size: int) -> tup
         colour = _scene_colour(rng)
         bg = np.where(thing[..., None], colour + rng.normal(0.0, 8.0, size=(h, w, 3)), bg)
     rgb = np.where(mask[..., None], pet, bg)
-    if occluder is not None:  # and the one in front of it
-        hidden = _fill(occluder, w, h)
+    if hidden is not None:  # and the one in front of it
         rgb = np.where(hidden[..., None], _scene_colour(rng) + rng.normal(0.0, 8.0, size=(h, w, 3)), rgb)
     rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     return Image.fromarray(rgb, "RGB"), Image.fromarray(trimap, "L")

@@ -74,7 +74,6 @@ class TrialBoard(LoggerCallback):
         self.domains = domains(searched, fixed)
         self.max_epochs = max_epochs
         self._writers: dict[str, Any] = {}  # trial id -> SummaryWriter (not pickled with Tune's state)
-        self._best: dict[str, Optional[float]] = {}  # trial id -> its best val/iou so far
         self._started: dict[str, float] = {}
         self._written: dict[str, int] = {}  # trial id -> the last epoch written
         self._config_written = False  # the experiment's configuration, looked for once per driver process
@@ -84,7 +83,7 @@ class TrialBoard(LoggerCallback):
 
     def __setstate__(self, state: dict) -> None:
         self.domains, self.max_epochs = state["domains"], state["max_epochs"]
-        self._writers, self._best, self._started, self._written = {}, {}, {}, {}
+        self._writers, self._started, self._written = {}, {}, {}
         self._config_written = False
 
     # ----- Tune's LoggerCallback hooks ------------------------------------------------------------------------
@@ -105,14 +104,12 @@ class TrialBoard(LoggerCallback):
             value = result.get(tag)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 writer.add_scalar(tag, value, global_step=int(step))
-        value = result.get(SWEEP_METRIC)
-        if trial.trial_id not in self._best:  # a resumed trial: its best before the resume is in Tune's state
-            self._best[trial.trial_id] = finite(((trial.metric_analysis or {}).get(SWEEP_METRIC) or {}).get("max"))
-        if isinstance(value, (int, float)) and math.isfinite(value):
-            before = self._best.get(trial.trial_id)
-            self._best[trial.trial_id] = value if before is None else max(value, before)
-        if self._best.get(trial.trial_id) is not None:
-            writer.add_scalar(BEST, self._best[trial.trial_id], global_step=int(step))
+        # the best so far: Tune's analysis of the results before this one (also those before a resume; Tune adds
+        # this result to it after the callbacks), and this one
+        best = [v for v in (finite(((trial.metric_analysis or {}).get(SWEEP_METRIC) or {}).get("max")),
+                            finite(result.get(SWEEP_METRIC))) if v is not None]
+        if best:
+            writer.add_scalar(BEST, max(best), global_step=int(step))
         writer.add_scalar(EPOCHS, int(step), global_step=int(step))
         if isinstance(result.get(VAL_PREDICTIONS), str):
             writer.file_writer.add_summary(jpeg_summary(VAL_PREDICTIONS, result[VAL_PREDICTIONS]), int(step))

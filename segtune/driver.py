@@ -119,6 +119,7 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
     """Step 1. Cheap checks first (settings, storage, resources), then the data decoded and weights fetched once,
     here, before any trial."""
     storage = Storage(given.storage_path, given.name)
+    storage.check_writable()
     if given.resume_auto:
         given = given.replace(resume=auto_resume(storage.local))
     settings = settings_for(given, named, storage.local)
@@ -126,7 +127,6 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
         summary = finished_sweep(storage.local, settings.no_final_test)
         if summary is not None:
             raise SweepFinished(storage.local, summary)
-    storage.check_writable()
     if storage.local.exists() and not settings.resume and any(storage.local.iterdir()):
         raise UserError(f"--name {settings.name}: {storage.local} already holds an experiment; add --resume to "
                         "continue it or choose another --name (nothing is overwritten)")
@@ -134,8 +134,8 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
     commit = saved_state.newest_readable(storage.ray_path_of_experiment) if settings.resume else None
     space = load_space(settings.space, prepare.parse_sets(settings.set), settings.search)
     data_dir = Path(settings.data_dir).resolve()
-    pending = prepare.ensure_dataset(data_dir, settings.synthetic, settings.download, dry_run=settings.dry_run,
-                                     synthetic_images=settings.synthetic_images)
+    pending = prepare.ensure_dataset(data_dir, settings.synthetic, settings.download, settings.synthetic_images,
+                                     dry_run=settings.dry_run)
     base = prepare.base_config(space, data_dir, settings.max_epochs)
     configs: list[TrainConfig] = prepare.candidate_configs(space, base)
     resources = ""

@@ -57,8 +57,8 @@ def candidate_configs(space: Space, base: dict[str, Any]) -> list[TrainConfig]:
     return configs
 
 
-def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, dry_run: bool = False,
-                   synthetic_images: int = 96) -> Optional[str]:
+def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, synthetic_images: int,
+                   dry_run: bool = False) -> Optional[str]:
     """Generate or download the dataset when asked and absent. In a dry run nothing is fetched: returns what
     would happen instead (and the data check is then skipped)."""
     from segcore.data import find_root

@@ -12,7 +12,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from segcore.metrics_names import EPOCH
 from segtune import compat, naming, saved_state
-from segtune.results import ERRORED, collapsed, exploded, trial_status
+from segtune.results import ERRORED, FAILED, STOPPED, finite, trial_status
 from segtune.storage import OPTUNA_DB
 
 # user attributes of each Optuna trial: which Tune trial it is, its run name (its folder, TensorBoard's run), and how
@@ -104,7 +104,7 @@ class PrunedAwareOptunaSearch(OptunaSearch):
             result = {**result, **self._last_reported(trial_id)}
         if result:  # Tune hands a trial's final result here, not to on_trial_result
             self.on_trial_result(trial_id, result)
-        state, value = outcome(result, error, self.metric, self.time_attr, self.max_t)
+        state, value = outcome(result, error, self.metric, self.max_t)
         label = trial_status(result or {}, self.max_t, errored=False, ended=True)
         self._untold[trial_id] = (int((result or {}).get(self.time_attr) or 0), state, value, label)
         completed.add(trial_id)
@@ -159,17 +159,19 @@ def complete_params(trial: optuna.trial.Trial, space: dict) -> None:
             trial.suggest_categorical(name, dist.choices)
 
 
-def outcome(result: Optional[dict], error: bool, metric: str, time_attr: str,
+def outcome(result: Optional[dict], error: bool, metric: str,
             max_t: int) -> tuple[optuna.trial.TrialState, Optional[float]]:
+    """What Optuna is told of an ended trial, from segtune.results.trial_status (the one rule): FAIL when it raised,
+    diverged, collapsed or has no finite value; PRUNED when the scheduler stopped it; else COMPLETE with its value."""
     S = optuna.trial.TrialState
-    value = (result or {}).get(metric)
-    if error or value is None or not math.isfinite(value) or exploded(result):
-        return S.FAIL, None  # no result: a diverged trial's val/iou says nothing of its hyperparameters
-    if (result or {}).get(time_attr, 0) < max_t:
+    result = result or {}
+    value = finite(result.get(metric))
+    status = trial_status(result, max_t, errored=error, ended=not error)
+    if error or value is None or status in FAILED:
+        return S.FAIL, None
+    if status == STOPPED:
         return S.PRUNED, None
-    if collapsed(result):
-        return S.FAIL, None  # its whole budget spent predicting one class (segtune.results.trial_status)
-    return S.COMPLETE, float(value)
+    return S.COMPLETE, value
 
 
 def fail_running(experiment_dir: Path, study_name: str) -> int:

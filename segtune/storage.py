@@ -71,6 +71,9 @@ class Storage:
         out now, not after the data is decoded. Permission bits say yes to root everywhere, even under /proc or on a
         read-only mount, so a probe folder and file are made in the nearest existing folder above the experiment's
         (not in it: an existing experiment is left as it was) and removed again."""
+        if self.local.exists() and not self.local.is_dir():
+            raise UserError(f"--name: {self.local} is a file, not an experiment folder; choose another --name or "
+                            "--storage-path (nothing is overwritten)")
         existing = self.local.parent
         while not existing.exists():
             existing = existing.parent

@@ -93,12 +93,12 @@ class Progress(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         """Where trials compute, once per distinct host and device line (every trial of a sweep on one kind of
         machine shares one line): a GPU sweep's log says whether the GPU path was taken."""
-        line = result.get(DEVICE_SETUP)
-        if not isinstance(line, str) or (result.get("hostname", ""), line) in self._devices:
+        line, host = result.get(DEVICE_SETUP), result.get("hostname", "?")
+        if not isinstance(line, str) or (host, line) in self._devices:
             return
-        self._devices.add((result.get("hostname", ""), line))
+        self._devices.add((host, line))
         if SHOW_PROGRESS:
-            print(f"trials on {result.get('hostname', '?')}: {line}", flush=True)
+            print(f"trials on {host}: {line}", flush=True)
 
     def on_experiment_end(self, trials: list, **info) -> None:
         self._print(trials, force=True)

@@ -33,7 +33,7 @@ def tune_trial(trial_id: str, config: dict, experiment_tag: str = ""):
 ], ids=["complete", "stopped-early", "errored", "nan", "no-result", "collapsed", "stopped-one-class",
         "exploded"])
 def test_trial_outcome_told_to_optuna(result, error, expected):
-    assert outcome(result, error, SWEEP_METRIC, EPOCH, max_t=5) == expected
+    assert outcome(result, error, SWEEP_METRIC, max_t=5) == expected
 
 
 def make_searcher(experiment):

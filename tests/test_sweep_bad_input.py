@@ -72,6 +72,12 @@ def under_a_file(ctx):
     return ["--storage-path", str(ctx["tmp"] / "a-file" / "results")], ["--storage-path", "a-file", "is a file"]
 
 
+def name_is_a_file(ctx):
+    path = ctx["storage"] / "notes.txt"
+    path.write_text("not an experiment")
+    return ["--name", "notes.txt", "--resume", "auto"], ["--name", f"{path} is a file", "nothing is overwritten"]
+
+
 def existing_name(ctx):
     return ["--name", OTHER], [f"--name {OTHER}", "already holds an experiment", "--resume"]
 
@@ -160,6 +166,7 @@ CASES = {
                                                                           "no node has that many CPUs"]),
     # storage and experiments
     "storage-under-a-file": under_a_file,
+    "storage-name-is-a-file": name_is_a_file,
     "storage-uri-with-credentials": flag("--storage-path", "s3://AKIAEXAMPLE:s3cr3t@bucket/sweeps",
                                          expect=["--storage-path s3://***@bucket/sweeps", "credentials"]),
     "storage-under-proc": flag("--storage-path", "/proc/nope",
@@ -180,7 +187,7 @@ CASES = {
 
 @pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
 def test_bad_sweep_input_exits_2_naming_it_and_touches_nothing(case, pets_copy, storage, tmp_path, capsys):
-    argv, expected = CASES[case]({"tmp": tmp_path, "data": pets_copy})
+    argv, expected = CASES[case]({"tmp": tmp_path, "data": pets_copy, "storage": storage})
     before = fingerprint(storage)
     base = ["--data-dir", str(pets_copy), "--space", "smoke", "--set", "image_size=64", "--storage-path",
             str(storage), "--name", NEW]
