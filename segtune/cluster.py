@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -11,6 +12,16 @@ from typing import Optional
 from segcore.errors import UserError
 
 DDP_DRIVER_CPU = 0.01  # what the trial process of a DDP trial reserves besides its workers (Ray refuses zero)
+# The test switch for fractional GPUs on a machine without any: a Ray node started with logical GPUs
+# (`ray start --num-gpus 1`, no CUDA), whose GPU trials then train on the CPU. Set for the driver, which passes it
+# to its trials. Never set in normal use: there a trial Ray gave a GPU to, in a process that sees no CUDA device,
+# fails with the reason (segtune.trial.on_assigned_gpu) rather than training on the CPU unnoticed.
+LOGICAL_GPUS_ON_CPU = "SEGSWEEP_LOGICAL_GPUS_ON_CPU"
+
+
+def trial_env(base: dict[str, str]) -> dict[str, str]:
+    """The environment every trial gets: ``base``, and the test switch above when the driver has it."""
+    return {**base, **({LOGICAL_GPUS_ON_CPU: "1"} if os.environ.get(LOGICAL_GPUS_ON_CPU) == "1" else {})}
 
 
 @dataclass
@@ -18,6 +29,9 @@ class Cluster:
     resources: dict[str, float]
     node_ids: list[str]
     node_cpus: list[float]
+    node_addresses: list[str]
+    # Node addresses: one per machine. (Not host names: containers and namespaces often share one, and a node
+    # on another machine under the same name must still see --storage-path.)
     hosts: set[str]
 
 
@@ -31,7 +45,12 @@ def connect(address: Optional[str], trial_env: dict[str, str], dashboard: bool =
 
     logging.getLogger("ray").setLevel(logging.WARNING)
     if address:
-        ray.init(address=address, runtime_env={"env_vars": trial_env}, logging_level=logging.WARNING)
+        from ray.exceptions import AuthenticationError
+
+        try:
+            ray.init(address=address, runtime_env={"env_vars": trial_env}, logging_level=logging.WARNING)
+        except (ConnectionError, AuthenticationError) as err:
+            raise UserError(_refused(address, err)) from None
     else:
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_TokenAuthOn())
         # "local": a new instance even if RAY_ADDRESS points at a cluster (joining one is what --address is for).
@@ -42,7 +61,29 @@ def connect(address: Optional[str], trial_env: dict[str, str], dashboard: bool =
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return Cluster(resources=dict(ray.cluster_resources()), node_ids=[n["NodeID"] for n in nodes],
                    node_cpus=[n["Resources"].get("CPU", 0.0) for n in nodes],
-                   hosts={n.get("NodeManagerHostname") or n.get("NodeManagerAddress") for n in nodes})
+                   node_addresses=[n.get("NodeManagerAddress", "?") for n in nodes],
+                   hosts={n.get("NodeManagerAddress") or n.get("NodeManagerHostname") for n in nodes})
+
+
+def _refused(address: str, err: Exception) -> str:
+    """Why ``ray.init(address=...)`` failed, in the user's terms: a missing or wrong token, or no cluster there."""
+    from ray.exceptions import AuthenticationError
+
+    causes, cause = [], err
+    while cause is not None:
+        causes.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    # (Ray 2.60 raises the GCS client's AuthenticationError as text inside a RuntimeError: both are looked for.)
+    if any(isinstance(c, AuthenticationError) or "InvalidAuthToken" in str(c) for c in causes):
+        if os.environ.get("RAY_AUTH_MODE") != "token":
+            why = "this driver sends no token (RAY_AUTH_MODE is not 'token' here)"
+        else:
+            where = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
+                     os.environ.get("RAY_AUTH_TOKEN_PATH") or "~/.ray/auth_token")
+            why = f"the token this driver sends ({where}) is missing or not the cluster's"
+        return (f"--address {address}: refused by the cluster's token authentication: {why}. Set RAY_AUTH_MODE=token "
+                "and give this process the token the cluster was started with (README.md, 'Token authentication')")
+    return f"--address {address}: no Ray cluster could be joined there ({err})"
 
 
 class _TokenAuthOn(logging.Filter):
@@ -128,7 +169,15 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, workers: int =
         raise UserError(f"--cpus-per-trial {cpus_per_trial:g} x --workers-per-trial {workers}: a trial needs "
                         f"{needed:g} CPUs (workers + {DDP_DRIVER_CPU} for the trial's driver), the cluster has "
                         f"{cluster.get('CPU', 0):g}")
-    return f"{cluster.get('CPU', 0):g} CPUs, {gpus:g} GPUs"
+    text = f"{cluster.get('CPU', 0):g} CPUs, {gpus:g} GPUs"
+    if gpus_per_trial > 0:
+        at_once = trial_concurrency(cpus_per_trial, gpus_per_trial, workers, cluster)
+        if gpus_per_trial < 1 and workers == 1:
+            text += (f"; --gpus-per-trial {gpus_per_trial:g}: {math.floor(1 / gpus_per_trial + 1e-9)} trials share "
+                     f"each GPU, up to {at_once} trials at once")
+        else:
+            text += f"; {gpus_per_trial * workers:g} GPU(s) per trial, up to {at_once} trials at once"
+    return text
 
 
 def trial_concurrency(cpus_per_trial: float, gpus_per_trial: float, workers: int,
@@ -165,19 +214,29 @@ def redact(uri: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, query, ""))
 
 
-def check_storage_shared(storage: Path, node_ids: list[str]) -> None:
-    """On a cluster spanning several hosts a local --storage-path must be one filesystem seen by all of them."""
+def check_storage_shared(storage: Path, node_ids: list[str], addresses: Optional[list[str]] = None) -> None:
+    """On a cluster spanning several hosts a local --storage-path must be one filesystem seen by all of them.
 
+    Probed with a marker file the driver writes and a task on each node looks for; a folder the probe had to
+    create is removed again when the path is refused."""
+    created = [p for p in (storage, *storage.parents) if not p.exists()]
     marker = storage / f".segsweep-visible-{os.getpid()}"
     storage.mkdir(parents=True, exist_ok=True)
     marker.write_text("probe")
     try:
-        missing = [n for n, seen in zip(node_ids, nodes_seeing(str(marker), node_ids)) if not seen]
+        seen = nodes_seeing(str(marker), node_ids)
     finally:
         marker.unlink(missing_ok=True)
+    missing = [a for a, ok in zip(addresses or node_ids, seen) if not ok]
     if missing:
-        raise UserError(f"--storage-path {storage}: not visible from {len(missing)} of {len(node_ids)} nodes (a "
-                        "local folder); use a shared filesystem path (NFS, ...) or an s3:// / gs:// URI")
+        for folder in created:  # deepest first: only folders the probe made, and only if still empty
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise UserError(f"--storage-path {storage}: not visible from {len(missing)} of {len(node_ids)} nodes "
+                        f"({', '.join(missing)}): a folder local to this host; use a shared filesystem path "
+                        "(NFS, ...) mounted at the same path on every node, or an s3:// / gs:// URI")
 
 
 def nodes_seeing(path: str, node_ids: list[str]) -> list[bool]:

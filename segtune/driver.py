@@ -146,7 +146,7 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
     # shut down again if they find a problem. (With files missing, the data check reports them first, Ray unstarted.)
     ray_start = None
     if settings.local_sweep and not settings.dry_run and data_layout_complete(configs):
-        ray_start = cluster.LocalStart(TRIAL_ENV, dashboard=ray_dashboard(settings))
+        ray_start = cluster.LocalStart(cluster.trial_env(TRIAL_ENV), dashboard=ray_dashboard(settings))
     try:
         assets, tests, notes = build_assets(configs, data=pending is None)
     except BaseException:
@@ -177,13 +177,14 @@ def connect(job: Prepared, interrupts: Interrupts) -> Optional[cluster.Cluster]:
     if job.ray_start is not None:
         ray_cluster = job.ray_start.result()
     else:
-        ray_cluster = cluster.connect(s.address, TRIAL_ENV, dashboard=ray_dashboard(s))
+        ray_cluster = cluster.connect(s.address, cluster.trial_env(TRIAL_ENV), dashboard=ray_dashboard(s))
     interrupts.install()
     if not s.local_sweep:
         job.resources = cluster.check_resources(s.cpus_per_trial, s.gpus_per_trial, s.workers_per_trial,
                                                 ray_cluster.resources, ray_cluster.node_cpus)
     if len(ray_cluster.hosts) > 1 and not job.storage.is_uri:
-        cluster.check_storage_shared(job.storage.local.parent, ray_cluster.node_ids)
+        cluster.check_storage_shared(job.storage.local.parent, ray_cluster.node_ids,
+                                      ray_cluster.node_addresses)
     return ray_cluster
 
 

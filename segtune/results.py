@@ -66,6 +66,7 @@ class TrialRow:
     node_ip: str
     node_id: str
     device: str
+    gpu: str  # the ids of the GPUs Ray assigned (its node's numbering): trials sharing a GPU show the same id
     world_size: int
     path: str
     error: str
@@ -77,7 +78,7 @@ class TrialRow:
         row.update({f"last_{SWEEP_METRIC}": _fmt(self.last), f"best_{SWEEP_METRIC}": _fmt(self.best),
                     "epochs": self.epochs, "wall_time_s": round(self.wall_time_s, 2), "hostname": self.hostname,
                     "node_ip": self.node_ip, "node_id": self.node_id, "device": self.device,
-                    "world_size": self.world_size, "path": self.path, "error": self.error})
+                    "gpu": self.gpu, "world_size": self.world_size, "path": self.path, "error": self.error})
         return row
 
 
@@ -131,7 +132,8 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
             last=finite(metrics.get(SWEEP_METRIC)), best=max(history) if history else None, epochs=epochs,
             wall_time_s=float(metrics.get("time_total_s") or 0.0), hostname=str(metrics.get("hostname", "")),
             node_ip=str(metrics.get("node_ip", "")), node_id=str(metrics.get("node_id", "")),
-            device=str(metrics.get("device", "")), world_size=int(metrics.get("world_size") or 0),
+            device=str(metrics.get("device", "")), gpu=str(metrics.get("gpu", "")),
+            world_size=int(metrics.get("world_size") or 0),
             path=str(result.path), error=error))
     return sorted(rows, key=lambda r: (r.number is None, r.number or 0, r.trial_id))
 

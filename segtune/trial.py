@@ -5,6 +5,7 @@ CPU, nccl on GPU) started from inside the trial; either way it reads the driver'
 """
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
 import logging
 import math
@@ -36,6 +37,7 @@ from segcore.metrics_names import (
 from segcore.model import DivergedError
 from segtune import checkpoint_policy as policies
 from segtune.checkpoint_policy import FULL, WEIGHTS, CheckpointClock, CheckpointPolicy
+from segtune.cluster import LOGICAL_GPUS_ON_CPU
 from segtune.spaces import to_config_values
 from segtune.storage import CHECKPOINT_FILE
 
@@ -46,10 +48,32 @@ def trial_config(params: dict[str, Any], base: dict[str, Any]) -> TrainConfig:
 
 
 def placement(world_size: int) -> dict[str, Any]:
-    """Where this process trains, reported with every result (and so in trials.csv)."""
+    """Where this process trains, reported with every result (and so in trials.csv). ``gpu``: the ids of the GPUs
+    Ray assigned to it (the node's numbering, as in CUDA_VISIBLE_DEVICES; a shared GPU has the same id in every
+    trial on it)."""
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
     return {"node_id": ray.get_runtime_context().get_node_id(), "hostname": socket.gethostname(),
-            "device": device, "world_size": world_size}
+            "device": device, "gpu": ",".join(str(i) for i in ray.get_gpu_ids()), "world_size": world_size}
+
+
+def on_assigned_gpu(cfg: TrainConfig, gpus: float) -> tuple[TrainConfig, str]:
+    """The config a trial holding ``gpus`` of Ray's GPUs trains with, and a note for its device line.
+
+    Ray assigned the GPU(s), so the process must see CUDA: if it does not (a CPU-only torch, a driver missing on
+    the node), the trial fails with the reason instead of training on the CPU unnoticed, except under the test
+    switch LOGICAL_GPUS_ON_CPU."""
+    if gpus <= 0:
+        return cfg, ""
+    ids = ",".join(str(i) for i in ray.get_gpu_ids()) or "none"
+    if torch.cuda.is_available():
+        return cfg, f"Ray's GPU {ids} (share {gpus:g})"
+    if os.environ.get(LOGICAL_GPUS_ON_CPU) == "1":
+        return (dataclasses.replace(cfg, accelerator="cpu"),
+                f"Ray's logical GPU {ids} (share {gpus:g}); no CUDA: training on the CPU ({LOGICAL_GPUS_ON_CPU}=1)")
+    raise RuntimeError(f"this trial holds GPU {ids} (--gpus-per-trial {gpus:g}) but its process sees no CUDA device "
+                       f"(torch {torch.__version__}, CUDA build {torch.version.cuda or 'none'}, CUDA_VISIBLE_DEVICES="
+                       f"{os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')}): install a CUDA build of torch and the "
+                       f"NVIDIA driver on node {socket.gethostname()}, or sweep with --gpus-per-trial 0")
 
 
 class ReportEachEpoch(pl.Callback):
@@ -147,8 +171,9 @@ def full_state_bytes(trainer: pl.Trainer) -> int:
 
 
 def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, device_share: float = 1.0,
-         announce: bool = False, **trainer_overrides: Any) -> None:
-    """``announce``: report the trial's device line with its results (a single-process trial)."""
+         announce: bool = False, device_note: str = "", **trainer_overrides: Any) -> None:
+    """``announce``: report the trial's device line with its results (a single-process trial), ``device_note``
+    first (which of Ray's GPUs it holds)."""
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
     # no data dir, no decoding: the driver's arrays
     datamodule = PetsDataModule(cfg, decoded=assets.data_for(cfg), device_share=device_share)
@@ -157,7 +182,8 @@ def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, device_
         device = torch.device("cuda", 0) if on_gpu(cfg) else torch.device("cpu")  # Ray shows a trial its GPU as 0
         # reported with each result: the driver prints each distinct line once (tune_callbacks.Progress), where a
         # print here would come once per trial, in every worker's name
-        report.extra[DEVICE_SETUP] = describe_device(cfg, datamodule.data_path(device)[1])
+        report.extra[DEVICE_SETUP] = ((device_note + "; ") if device_note else "") + describe_device(
+            cfg, datamodule.data_path(device)[1])
     module = build_module(cfg, encoder_state=assets.encoder_for(cfg))  # no download: the driver's weights
     trainer = make_trainer(cfg, None, callbacks=[report], logger=False, checkpoint=False, enable_progress_bar=False,
                            enable_model_summary=False, **trainer_overrides)
@@ -199,12 +225,13 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus:
     if workers > 1:
         return _train_ddp(params, base, cpus, gpus, workers, assets_ref, storage)
     torch.set_num_threads(max(1, int(cpus)))  # the trial's CPU share, not the whole node
+    cfg, gpu_note = on_assigned_gpu(cfg, gpus)
     report = ReportEachEpoch(tune.report, tune.Checkpoint, placement(world_size=1),
                              CheckpointPolicy.for_trial(checkpoint_every, workers))
     # Ray shows the trial only its own GPU (or a share of it): one device, never "all visible"
     devices = 1 if gpus > 0 else cfg.devices
     _fit(cfg, ray.get(assets_ref[0]), report, tune.get_checkpoint(), device_share=min(gpus, 1.0) or 1.0,
-         announce=True, devices=devices, plugins=[DirectCheckpointIO()])
+         announce=True, devices=devices, plugins=[DirectCheckpointIO()], device_note=gpu_note)
     if report.stopped:
         raise SystemExit(0)  # how Tune's runner thread expects a stopped trial to end (no last report)
 

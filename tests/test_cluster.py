@@ -139,7 +139,12 @@ def test_unmeetable_resources_on_a_cluster_fail_before_launch(two_nodes, pets_ro
 def test_resource_check_counts_gpus_per_worker():
     with pytest.raises(UserError, match="x --workers-per-trial 4"):
         cluster.check_resources(1, 1, 4, {"CPU": 32.0, "GPU": 2.0}, [16.0, 16.0])
-    assert cluster.check_resources(1, 0.25, 1, {"CPU": 8.0, "GPU": 1.0}, [8.0]) == "8 CPUs, 1 GPUs"
+    assert cluster.check_resources(1, 0.25, 1, {"CPU": 8.0, "GPU": 1.0}, [8.0]) == (
+        "8 CPUs, 1 GPUs; --gpus-per-trial 0.25: 4 trials share each GPU, up to 4 trials at once")
+    assert cluster.check_resources(1, 0.3, 1, {"CPU": 2.0, "GPU": 2.0}, [2.0]).endswith(
+        "3 trials share each GPU, up to 2 trials at once")  # the CPUs are what limits it
+    assert cluster.check_resources(1, 1, 2, {"CPU": 8.0, "GPU": 4.0}, [4.0, 4.0]).endswith(
+        "2 GPU(s) per trial, up to 2 trials at once")
     assert cluster.trial_concurrency(2, 1, 2, {"CPU": 16.0, "GPU": 4.0}) == 2
 
 
