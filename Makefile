@@ -8,7 +8,7 @@ export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER := 0
 # the demo and tests never reach for the Hugging Face hub
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv demo lint test test-fast clean
+.PHONY: venv demo lint test test-fast cluster-deps cluster-test clean
 
 venv: $(STAMP)
 
@@ -35,6 +35,22 @@ test: lint
 
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow" tests
+
+# The cluster recipes run for real (tests/cluster/, skipped by `make test`): README's `ray start` recipe on two hosts
+# (network namespaces), `ray job submit`, a lost host, sweep.sbatch on a SLURM of the tests' own. They need root;
+# the Debian packages are installed here when missing. pytest's summary says what ran, and what was skipped and why.
+cluster-test: $(STAMP) cluster-deps
+	SEGSWEEP_CLUSTER_TESTS=1 $(PY) -m pytest -q -rA tests/cluster
+
+CLUSTER_PACKAGES := ip:iproute2 unshare:util-linux sbatch:slurm-wlm munged:munge
+cluster-deps:
+	@missing=""; for c in $(CLUSTER_PACKAGES); do command -v $${c%%:*} >/dev/null || missing="$$missing $${c#*:}"; done; \
+	if [ -z "$$missing" ]; then echo "cluster-deps: all there ($(foreach c,$(CLUSTER_PACKAGES),$(lastword $(subst :, ,$(c)))))"; \
+	elif [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then \
+		echo "cluster-deps: missing$$missing, and no root or apt-get to install them: the tests that need them are skipped"; \
+	else echo "cluster-deps: installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing \
+		>/dev/null || echo "cluster-deps: installing$$missing failed: the tests that need them are skipped"; fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache outputs results

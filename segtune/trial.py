@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import pytorch_lightning as pl
 import ray
 import torch
+from pytorch_lightning.plugins.environments import LightningEnvironment
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from ray import tune
 
@@ -217,6 +218,15 @@ def quiet() -> None:
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
+def trial_plugins() -> list:
+    """Lightning plugins of a single-process trial. Its cluster environment is the plain one: a trial is one
+    process that Ray placed, not a SLURM task, although on a SLURM allocation (sweep.sbatch) it inherits the SLURM_*
+    variables of the `srun ray start` step. Detected from them, Lightning's SLURM environment would take the rank
+    and world size of that step, install its requeue handler on SIGUSR1 and warn in every trial that srun is not
+    used."""
+    return [DirectCheckpointIO(), LightningEnvironment()]
+
+
 def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus: float, workers: int,
                 assets_ref: list, storage: str, checkpoint_every: str = "1") -> None:
     """The Tune trainable. ``assets_ref`` is a one-element list so Tune passes the ObjectRef, not its value."""
@@ -231,7 +241,7 @@ def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus:
     # Ray shows the trial only its own GPU (or a share of it): one device, never "all visible"
     devices = 1 if gpus > 0 else cfg.devices
     _fit(cfg, ray.get(assets_ref[0]), report, tune.get_checkpoint(), device_share=min(gpus, 1.0) or 1.0,
-         announce=True, devices=devices, plugins=[DirectCheckpointIO()], device_note=gpu_note)
+         announce=True, devices=devices, plugins=trial_plugins(), device_note=gpu_note)
     if report.stopped:
         raise SystemExit(0)  # how Tune's runner thread expects a stopped trial to end (no last report)
 

@@ -61,6 +61,21 @@ def tiny_config(pets_root):
     return TrainConfig(**TINY, data_dir=str(pets_root))
 
 
+# Tests marked `cluster` (tests/cluster/: two hosts in network namespaces, a SLURM of the test's own) need root and
+# several minutes: `make cluster-test` sets this and runs them; elsewhere they are skipped, with that said.
+CLUSTER_TESTS = "SEGSWEEP_CLUSTER_TESTS"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get(CLUSTER_TESTS) == "1":
+        return
+    skip = pytest.mark.skip(reason="a cluster test (root, namespaces or Debian packages, minutes): "
+                                   "`make cluster-test` runs it")
+    for item in items:
+        if "cluster" in item.keywords:
+            item.add_marker(skip)
+
+
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 

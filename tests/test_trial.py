@@ -94,3 +94,31 @@ def test_a_policy_writes_the_full_state_on_schedule_the_weights_when_improved_an
     assert [r["epoch"] for r in resumed] == [3, 4]
     assert resumed[1][KIND_KEY] == "full"
     assert again.best >= best[1]  # the best so far came with the full state: no epoch-3 weights if not better
+
+
+def test_a_trial_on_a_slurm_allocation_is_not_taken_for_a_slurm_task(tiny_config, monkeypatch, tmp_path):
+    """sweep.sbatch's trials inherit the SLURM_* variables of the `srun ray start` step (here a worker step of 3
+    tasks): the trial's Trainer keeps the plain environment, a single process of rank 0, and no requeue handler."""
+    import signal
+    import warnings
+
+    from pytorch_lightning.plugins.environments import LightningEnvironment
+
+    from segcore.build import make_trainer
+    from segtune.trial import trial_plugins
+
+    srun = tmp_path / "srun"  # what Lightning looks for on PATH before it warns that srun is not used
+    srun.write_text("#!/bin/sh\n")
+    srun.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{__import__('os').environ['PATH']}")
+    for key, value in dict(SLURM_JOB_ID="7", SLURM_JOB_NAME="segsweep", SLURM_NTASKS="3", SLURM_PROCID="2",
+                           SLURM_LOCALID="0", SLURM_NODEID="2", SLURM_NTASKS_PER_NODE="1",
+                           SLURM_NODELIST="node[1-3]", SLURM_JOB_NUM_NODES="3").items():
+        monkeypatch.setenv(key, value)
+    before = signal.getsignal(signal.SIGUSR1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Lightning's "srun is available but not used" would raise here
+        trainer = make_trainer(tiny_config, None, logger=False, checkpoint=False, plugins=trial_plugins())
+    assert type(trainer._accelerator_connector.cluster_environment) is LightningEnvironment
+    assert (trainer.global_rank, trainer.world_size) == (0, 1)
+    assert signal.getsignal(signal.SIGUSR1) == before

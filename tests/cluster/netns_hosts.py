@@ -16,6 +16,7 @@ every Ray on the machine, the test suite's own included."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -29,9 +30,25 @@ PORT = 6379
 SECOND_HOSTNAME = "segtest-b"
 
 
+def remove_stale_namespaces() -> None:
+    """Namespaces (and their processes) of an earlier run that was killed before it could remove them: named after
+    the test process's id, which is gone."""
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+    for name in listed:
+        match = re.fullmatch(r"sgt[AB](\d+)", name)
+        if match and not Path(f"/proc/{match[1]}").exists():
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+            for pid in pids:
+                try:
+                    os.kill(int(pid), signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
 class TwoHosts:
     def __init__(self, root: Path):
-        tag = str(os.getpid())[-6:]
+        tag = str(os.getpid())  # remove_stale_namespaces reads it back
         self.head_ns, self.worker_ns = f"sgtA{tag}", f"sgtB{tag}"
         subnet = 10 + os.getpid() % 240  # tests running side by side (other checkouts) get other subnets
         self.head_ip, self.worker_ip = f"10.231.{subnet}.1", f"10.231.{subnet}.2"
@@ -93,6 +110,7 @@ class TwoHosts:
         self.wait_for_nodes(2)
 
     def _network(self) -> None:
+        remove_stale_namespaces()
         self.stop()  # a namespace left by a killed run of this same process id
         run = [("netns", "add", self.head_ns), ("netns", "add", self.worker_ns),
                ("link", "add", f"{self.head_ns}v", "type", "veth", "peer", "name", f"{self.worker_ns}v"),
@@ -117,7 +135,8 @@ class TwoHosts:
         raise AssertionError(f"{self.alive_nodes()} of {wanted} Ray nodes alive after {timeout} s")
 
     def alive_nodes(self) -> int:
-        code = ("import ray, logging; ray.init(address='auto', logging_level=logging.ERROR, log_to_driver=False); "
+        code = (f"import ray, logging; ray.init(address='{self.address}', logging_level=logging.ERROR, "
+                "log_to_driver=False); "
                 "print(sum(n['Alive'] for n in ray.nodes()))")
         proc = self.on_head([sys.executable, "-c", code], timeout=120)
         return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 and proc.stdout.strip() else 0

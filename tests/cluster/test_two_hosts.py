@@ -40,10 +40,12 @@ def hosts(tmp_path_factory, pets_root):
         h.stop()
 
 
-def sweep_args(h: TwoHosts, storage: Path, name: str, *extra: str) -> list[str]:
-    return ["--address", "auto", "--data-dir", str(h.shared / "pets"), "--space", "smoke", "--set", "image_size=64",
-            "--set", f"encoder={SMALL_ENCODER}", "--set", "batch_size=8", "--storage-path", str(storage),
-            "--name", name, *extra]
+def sweep_args(h: TwoHosts, storage: Path, name: str, *extra: str, address: str = "") -> list[str]:
+    # The head's address, not README's `auto`, which reads /tmp/ray/ray_current_cluster: a file any Ray started on
+    # this machine meanwhile (another test's) rewrites. (`auto` itself runs below, in the submitted job.)
+    return ["--address", address or h.address, "--data-dir", str(h.shared / "pets"), "--space", "smoke",
+            "--set", "image_size=64", "--set", f"encoder={SMALL_ENCODER}", "--set", "batch_size=8",
+            "--storage-path", str(storage), "--name", name, *extra]
 
 
 def read_trials(experiment: Path) -> list[dict]:
@@ -92,7 +94,8 @@ def test_ray_job_submit_runs_the_sweep_on_the_cluster(hosts):
     # tunnel ends there), token mode on and the head's token
     proc = hosts.on_head(["ray", "job", "submit", "--address", "http://127.0.0.1:8265", "--working-dir", ".", "--",
                           "python", "tune_main.py",
-                          *sweep_args(hosts, storage, "job", "--num-samples", "2", "--max-epochs", "1")], cwd=REPO)
+                          *sweep_args(hosts, storage, "job", "--num-samples", "2", "--max-epochs", "1",
+                                      address="auto")], cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "succeeded" in proc.stdout + proc.stderr
     assert "Sweep finished: 2 trials" in proc.stdout
