@@ -72,7 +72,7 @@ def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="a cluster test (root, namespaces or Debian packages, minutes): "
                                    "`make cluster-test` runs it")
     for item in items:
-        if "cluster" in item.keywords:
+        if item.get_closest_marker("cluster"):
             item.add_marker(skip)
 
 
