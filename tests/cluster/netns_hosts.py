@@ -4,9 +4,11 @@
 What makes them two hosts rather than two processes:
 - each has its own network stack and address (``10.231.N.1`` and ``.2``, inside the two namespaces only: no route
   leaves them, nothing else on the machine sees those addresses);
-- each has its own home folder (``~/.ray/auth_token``) and the second its own host name and its own Ray temp folder
-  (``/tmp/ray`` is private on every real host: a shared one lets one node's runtime-env agent delete another's
-  files);
+- each has its own home folder (``~/.ray/auth_token``) and its own temporary folder for Ray (RAY_TMPDIR: the head's
+  ``head-tmp/ray``, which Ray's worker nodes use too, and over which the second host mounts a tmpfs of its own).
+  ``/tmp/ray`` is private on every real host: shared, one node's runtime-env agent deletes another's files, and
+  ``--address auto`` reads whichever Ray on the machine last wrote ``ray_current_cluster``. The second host also
+  has its own host name;
 - the second host sees a ``private`` folder of its own (a tmpfs mounted over it in its mount namespace): a local
   ``--storage-path`` there is one the head has and the worker does not. Everything else, the project and its
   ``.venv`` included, both see at the same path, like an NFS-mounted home on a real cluster.
@@ -21,6 +23,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,6 +60,9 @@ class TwoHosts:
         self.shared = root / "shared"    # both hosts see it: the "NFS" folder
         self.private = root / "private"  # the worker sees an empty tmpfs here instead
         self.logs = root / "logs"
+        # RAY_TMPDIR of both hosts: the head's own, the worker's a tmpfs on the path. Short: Ray's socket paths
+        # under it must fit AF_UNIX's 107 bytes.
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"sgt{tag}-"))
         for folder in (self.head_home, self.worker_home, self.shared, self.private, self.logs):
             folder.mkdir(parents=True, exist_ok=True)
         self._made: list[str] = []
@@ -71,7 +77,7 @@ class TwoHosts:
         loopback switch, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER, is for single-machine Ray and is left out)."""
         env = {k: v for k, v in os.environ.items()
                if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS") and not k.startswith("RAY_AUTH")}
-        env.update(HOME=str(home), PATH=f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}")
+        env.update(HOME=str(home), PATH=f"{VENV_BIN}:{env.get('PATH', '/usr/bin:/bin')}", RAY_TMPDIR=str(self.tmp))
         if token:
             env["RAY_AUTH_MODE"] = "token"
         env.update(extra)
@@ -101,7 +107,7 @@ class TwoHosts:
         shutil.copy2(self.head_home / ".ray" / "auth_token", self.worker_home / ".ray" / "auth_token")
         # Worker node: its own mount and UTS namespaces for its private folders and host name
         script = (f"hostname {SECOND_HOSTNAME} && mount -t tmpfs segtest-private {self.private} && "
-                  "mkdir -p /tmp/ray && mount -t tmpfs segtest-ray /tmp/ray && "
+                  f"mount -t tmpfs segtest-tmp {self.tmp} && "
                   f"exec {RAY} start --address={self.address} --node-ip-address={self.worker_ip} --num-cpus=1")
         proc = subprocess.run(["ip", "netns", "exec", self.worker_ns, "unshare", "--mount", "--uts",
                                "--propagation", "private", "bash", "-c", script], env=self.env(self.worker_home),
@@ -111,7 +117,7 @@ class TwoHosts:
 
     def _network(self) -> None:
         remove_stale_namespaces()
-        self.stop()  # a namespace left by a killed run of this same process id
+        self._remove_namespaces()  # left by a killed run of this same process id
         run = [("netns", "add", self.head_ns), ("netns", "add", self.worker_ns),
                ("link", "add", f"{self.head_ns}v", "type", "veth", "peer", "name", f"{self.worker_ns}v"),
                ("link", "set", f"{self.head_ns}v", "netns", self.head_ns),
@@ -156,6 +162,10 @@ class TwoHosts:
 
     def stop(self) -> None:
         """Every process of both hosts killed, both namespaces (and with them the veth pair) removed."""
+        self._remove_namespaces()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def _remove_namespaces(self) -> None:
         for ns in (self.worker_ns, self.head_ns):
             for _ in range(3):
                 pids = self.pids(ns)
@@ -168,12 +178,6 @@ class TwoHosts:
                         pass
                 time.sleep(0.5)
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        current = Path("/tmp/ray/ray_current_cluster")  # `--address auto` would look for the dead head
-        try:
-            if current.read_text().strip() == self.address:
-                current.unlink()
-        except OSError:
-            pass
 
     @staticmethod
     def _check(proc: subprocess.CompletedProcess, what: str) -> None:

@@ -41,8 +41,7 @@ def hosts(tmp_path_factory, pets_root):
 
 
 def sweep_args(h: TwoHosts, storage: Path, name: str, *extra: str, address: str = "") -> list[str]:
-    # The head's address, not README's `auto`, which reads /tmp/ray/ray_current_cluster: a file any Ray started on
-    # this machine meanwhile (another test's) rewrites. (`auto` itself runs below, in the submitted job.)
+    # The head's address, as sweep.sbatch gives it; README's `auto` runs in the submitted job below.
     return ["--address", address or h.address, "--data-dir", str(h.shared / "pets"), "--space", "smoke",
             "--set", "image_size=64", "--set", f"encoder={SMALL_ENCODER}", "--set", "batch_size=8",
             "--storage-path", str(storage), "--name", name, *extra]
