@@ -31,7 +31,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check .
 
 test: lint
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -rs tests
 
 test-fast: lint
 	$(PY) -m pytest -q -m "not slow" tests

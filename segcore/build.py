@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.environments import LightningEnvironment
 
 from segcore.callbacks import HParamsCallback, OverlayImagesCallback
 from segcore.config import TrainConfig
@@ -125,6 +126,7 @@ def load_module(checkpoint: Path, map_location: str = "cpu") -> SegmentationModu
 
 def test_trainer(cfg: TrainConfig) -> pl.Trainer:
     """A Trainer that evaluates ``cfg``'s module on one device at the precision it trained at: nothing logged or
-    saved (a sweep's final test)."""
+    saved (a sweep's final test). One process: no cluster environment to detect (in a Ray task on a SLURM
+    allocation Lightning would take the SLURM_* variables it inherits for its own, and its SIGUSR1 requeue handler)."""
     return make_trainer(cfg, None, logger=False, checkpoint=False, devices=1, enable_progress_bar=False,
-                        enable_model_summary=False)
+                        enable_model_summary=False, plugins=[LightningEnvironment()])

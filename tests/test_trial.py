@@ -97,14 +97,15 @@ def test_a_policy_writes_the_full_state_on_schedule_the_weights_when_improved_an
 
 
 def test_a_trial_on_a_slurm_allocation_is_not_taken_for_a_slurm_task(tiny_config, monkeypatch, tmp_path):
-    """sweep.sbatch's trials inherit the SLURM_* variables of the `srun ray start` step (here a worker step of 3
-    tasks): the trial's Trainer keeps the plain environment, a single process of rank 0, and no requeue handler."""
+    """sweep.sbatch's trials (and its final test) inherit the SLURM_* variables of the `srun ray start` step (here
+    a worker step of 3 tasks): their Trainers keep the plain environment, one process of rank 0, no requeue
+    handler."""
     import signal
     import warnings
 
     from pytorch_lightning.plugins.environments import LightningEnvironment
 
-    from segcore.build import make_trainer
+    from segcore.build import make_trainer, test_trainer
     from segtune.trial import trial_plugins
 
     srun = tmp_path / "srun"  # what Lightning looks for on PATH before it warns that srun is not used
@@ -119,6 +120,8 @@ def test_a_trial_on_a_slurm_allocation_is_not_taken_for_a_slurm_task(tiny_config
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # Lightning's "srun is available but not used" would raise here
         trainer = make_trainer(tiny_config, None, logger=False, checkpoint=False, plugins=trial_plugins())
-    assert type(trainer._accelerator_connector.cluster_environment) is LightningEnvironment
-    assert (trainer.global_rank, trainer.world_size) == (0, 1)
+        final_test = test_trainer(tiny_config)  # the sweep's final test, a Ray task on the same allocation
+    for t in (trainer, final_test):
+        assert type(t._accelerator_connector.cluster_environment) is LightningEnvironment
+        assert (t.global_rank, t.world_size) == (0, 1)
     assert signal.getsignal(signal.SIGUSR1) == before

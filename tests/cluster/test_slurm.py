@@ -1,0 +1,199 @@
+"""scripts/slurm/sweep.sbatch for real, on a single-node SLURM from Debian's packages (slurm_local.py): the README's
+sbatch command runs a sweep to its end, and a sweep that SLURM preempts goes back to the queue, where the same
+command continues it. Ray stays on 127.0.0.1: HEAD_IP, and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (set by conftest,
+passed on by sbatch), in a network namespace of its own."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import ipaddress
+import os
+import stat
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import slurm_local
+from bench.kill_anywhere import check_sweep, read_rows
+from conftest import RAN_TO_END, REPO, SMALL_ENCODER
+from machine import apt_install, require_root
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+
+SCRIPT = "scripts/slurm/sweep.sbatch"
+# This machine on the sbatch line: one node, its 2 CPUs, no GPU (the script's defaults: 2 nodes, 16 CPUs, gpu:4)
+MACHINE = ["--nodes=1", "--cpus-per-task=2", "--gres=none"]
+SLURM_PROCESSES = {"slurmctld", "slurmd", "slurmstepd", "srun"}
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    """One SLURM for the module's tests; stopped at the end, also after a failure, with nothing of it left."""
+    require_root("a local SLURM (munged, slurmctld and slurmd run as root)")
+    apt_install(slurm_local.PACKAGES, slurm_local.COMMANDS)
+    try:
+        instance = slurm_local.start(tmp_path_factory.mktemp("slurm"))
+    except slurm_local.Unavailable as err:
+        pytest.skip(f"no local SLURM here: {err}")
+    try:
+        yield instance
+    finally:
+        left = slurm_local.stop(instance)
+    assert not left, f"processes of SLURM jobs outlived SLURM and were killed: {left}"
+    assert all(p.poll() is not None for p in instance.procs.values())
+
+
+class Sweep:
+    """One sweep.sbatch submission as the README writes it, from the project root, with this test's folders."""
+
+    def __init__(self, slurm: slurm_local.LocalSlurm, tmp: Path, name: str, *flags: str, images: int = 48):
+        self.slurm, self.tmp = slurm, tmp
+        self.experiment = tmp / "results" / name
+        self.token_dir = tmp / "token"  # private: the script makes it and removes it at the end
+        # Ray on its default ports (6379, 8265): the namespace has no other Ray
+        env = {"HEAD_IP": "127.0.0.1", "STORAGE": str(tmp / "results"), "RAY_TOKEN_DIR": str(self.token_dir)}
+        if Path(sys.prefix) != REPO / ".venv":
+            env["VENV"] = sys.prefix
+        tune_flags = ["--synthetic", "--synthetic-images", str(images), "--data-dir", str(tmp / "data"),
+                      "--space", "smoke", "--set", "image_size=64", "--set", f"encoder={SMALL_ENCODER}",
+                      "--scheduler", "fifo", *flags, "--name", name, "--resume", "auto"]
+        # the output file as the script names it (%x-%j.out: segsweep-<job id>.out), here rather than in the project
+        self.job = slurm.sbatch([*MACHINE, f"--output={tmp}/%x-%j.out", SCRIPT, *tune_flags], cwd=REPO, env=env)
+
+    @property
+    def output(self) -> str:
+        path = self.tmp / f"segsweep-{self.job}.out"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def context(self) -> str:
+        return f"--- segsweep-{self.job}.out (tail)\n{self.output[-4000:]}\n{self.slurm.logs()}"
+
+    def trials(self) -> list[dict]:
+        with open(self.experiment / "trials.csv") as f:
+            return list(csv.DictReader(f))
+
+    def rows_seen(self) -> int:
+        return sum(map(len, read_rows(self.experiment).values())) if self.experiment.is_dir() else 0
+
+    def assert_nothing_left(self) -> None:
+        """No process of the job outlives it (Ray's included), and its token is gone with its folder."""
+        deadline = time.monotonic() + 30
+        while (left := self.slurm.job_processes(self.job)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not left, f"processes of job {self.job} still running: {left}"
+        assert not self.token_dir.exists(), list(self.token_dir.iterdir())
+
+
+def tcp_sockets(slurm: slurm_local.LocalSlurm, pids: list[int]) -> set[tuple[str, str, str, bool]]:
+    """Every TCP socket in the SLURM's network namespace: (owner, local address, remote address, listening); the
+    owner is the name of the process among ``pids`` and the daemons that holds it, or "" (none of them, TIME-WAIT)."""
+    owner = {}
+    for pid in [*pids, *(p.pid for p in slurm.procs.values())]:
+        with contextlib.suppress(OSError):
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    link = os.readlink(fd)
+                    if link.startswith("socket:["):
+                        owner[link[8:-1]] = name
+
+    def address(hex_address: str) -> str:
+        raw = bytes.fromhex(hex_address.split(":")[0])
+        raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # 32-bit words in host order
+        ip = ipaddress.ip_address(raw)
+        return str(getattr(ip, "ipv4_mapped", None) or ip)
+
+    found = set()
+    for table in ("tcp", "tcp6"):  # the namespace's, seen through slurmd, which runs in it
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{slurm.procs['slurmd'].pid}/net/{table}").read_text().splitlines()[1:]:
+                cols = line.split()
+                found.add((owner.get(cols[9], ""), address(cols[1]), address(cols[2]), cols[3] == "0A"))
+    return found
+
+
+def test_sweep_runs_to_its_end_as_a_slurm_job(slurm, tmp_path):
+    sweep = Sweep(slurm, tmp_path, "slurm1", "--num-samples", "2", "--max-epochs", "2")
+    token = sweep.token_dir / "auth_token"
+    token_modes, sockets = set(), set()
+    info = slurm.job(sweep.job)
+    deadline = time.monotonic() + 600
+    while info["JobState"] not in slurm_local.FINISHED:
+        assert time.monotonic() < deadline, sweep.context()
+        with contextlib.suppress(OSError):
+            token_modes.add((stat.S_IMODE(sweep.token_dir.stat().st_mode), stat.S_IMODE(token.stat().st_mode)))
+        sockets |= tcp_sockets(slurm, slurm.job_processes(sweep.job))
+        time.sleep(0.2)
+        info = slurm.job(sweep.job)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), sweep.context()
+
+    out = sweep.output
+    assert f"Ray head: {slurm.host} (127.0.0.1:6379); 1 node(s), each 2 CPUs and 0 GPUs" in out, sweep.context()
+    assert "1 of 1 Ray nodes up" in out and "Sweep finished: 2 trials:" in out, sweep.context()
+    assert "Final test, best checkpoint" in out, sweep.context()
+    rows = sweep.trials()
+    assert len(rows) == 2 and all(r["status"] in RAN_TO_END and r["epochs"] == "2" for r in rows), rows
+    # the trials ran in Ray on the SLURM node, on loopback
+    assert {(r["hostname"], r["node_ip"]) for r in rows} == {(slurm.host, "127.0.0.1")}, rows
+    assert check_sweep(sweep.experiment, 2, [], 2, optuna_study=True) == []  # summary.json, report, Optuna agree
+    # Only 127.0.0.1 was ever addressed, and Ray listened on it only; SLURM's daemons and srun listen on every
+    # interface (0.0.0.0: SLURM 22.05 cannot be told otherwise), here those of the namespace
+    loopback = {a for _, local, remote, _ in sockets for a in (local, remote)} - {"0.0.0.0", "::"}
+    assert loopback and all(ipaddress.ip_address(a).is_loopback for a in loopback), sockets
+    ray = {(name, local) for name, local, _, listens in sockets if listens and name not in SLURM_PROCESSES}
+    assert ("gcs_server", "127.0.0.1") in ray and all(ipaddress.ip_address(a).is_loopback for _, a in ray), ray
+    # the job made its token, in a folder and a file only its user can read, and removed both at its end
+    assert token_modes == {(0o700, 0o600)}, token_modes
+    sweep.assert_nothing_left()
+
+
+def test_preempted_sweep_goes_back_to_the_queue_and_the_same_command_continues_it(slurm, tmp_path):
+    """A real preemption: a job of a higher-priority partition needs the node (PreemptMode=REQUEUE with a grace
+    time). SLURM sends SIGTERM to the job's steps (the Ray node) at once, and to the batch shell only when the grace
+    time ends; sweep.sbatch requeues the job once its driver has given up, and SLURM runs the same command again,
+    which continues the sweep (--resume auto): every result row reported before the preemption kept, none rerun."""
+    samples, epochs = 3, 4
+    sweep = Sweep(slurm, tmp_path, "slurm2", "--num-samples", str(samples), "--max-epochs", str(epochs),
+                  # every epoch's full state: rows become visible epoch by epoch, and the resume continues from them
+                  "--checkpoint-every", "1",
+                  # One trial at a time, on twice the images: the preemption comes a second or two after the first
+                  # row, and must still find most of the sweep to do (a warm trial's epoch on 22 images: 0.4 s).
+                  "--max-concurrent", "1", images=96)
+    deadline = time.monotonic() + 300
+    while sweep.rows_seen() < 1:
+        info = slurm.job(sweep.job)
+        assert info["JobState"] in ("PENDING", "RUNNING") and time.monotonic() < deadline, sweep.context()
+        time.sleep(0.2)
+    preemptor = slurm.preempt()
+    preempted = time.monotonic()
+
+    # back in the queue before the grace time ended: the script requeued it (SLURM would only at the grace time's
+    # end; without the script's requeue the job ends as FAILED here and never runs again)
+    slurm.wait_job(sweep.job, lambda i: i["Restarts"] == "1" or i["JobState"] in slurm_local.FINISHED,
+                   timeout=slurm_local.PREEMPT_GRACE, what="requeued")
+    assert time.monotonic() - preempted < slurm_local.PREEMPT_GRACE, sweep.context()
+    deadline = time.monotonic() + 30  # the first run's processes end with its steps, before the second starts
+    while slurm.job_processes(sweep.job) and slurm.job(sweep.job)["JobState"] != "RUNNING":
+        assert time.monotonic() < deadline, slurm.job_processes(sweep.job)
+        time.sleep(0.2)
+    info = slurm.job(sweep.job)
+    assert info["Restarts"] == "1" and info["JobState"] in ("PENDING", "RUNNING"), sweep.context()
+    snapshot = read_rows(sweep.experiment)  # the second run reports its first row tens of seconds after its start
+    assert 1 <= sum(map(len, snapshot.values())) < samples * epochs, snapshot  # work reported, and work left
+
+    info = slurm.wait_done(sweep.job, timeout=600)
+    assert (info["JobState"], info["ExitCode"], info["Restarts"]) == ("COMPLETED", "0:0", "1"), sweep.context()
+    pre = slurm.wait_done(preemptor, timeout=60)
+    assert pre["JobState"] == "COMPLETED" and pre["StartTime"] <= info["StartTime"], (pre, info)
+
+    out = sweep.output  # both runs, one after the other (--open-mode=append)
+    assert f"sweep.sbatch: job {sweep.job} preempted, requeued" in out, sweep.context()
+    assert out.count("1 of 1 Ray nodes up") == 2, sweep.context()
+    assert out.count(f"Sweep finished: {samples} trials:") == 1 and "unfinished" not in out, sweep.context()
+    rows = sweep.trials()
+    assert len(rows) == samples and all(r["status"] in RAN_TO_END for r in rows), rows
+    # nothing reported before the preemption lost or computed again, one Optuna trial each, outputs consistent
+    assert check_sweep(sweep.experiment, samples, [snapshot], epochs, optuna_study=True) == []
+    sweep.assert_nothing_left()
