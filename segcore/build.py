@@ -94,8 +94,14 @@ def build_module(cfg: TrainConfig, encoder_state: Optional[dict] = None) -> Segm
     return module
 
 
-def quiet_lightning() -> None:
-    """Keep the terminal to what users act on: no tips, no num_workers advice for in-memory datasets."""
+def quiet_lightning(placed: bool = False) -> None:
+    """Keep the terminal to what users act on: no tips, no num_workers advice for in-memory datasets.
+
+    ``placed``: this process was started by another scheduler (a Ray trial or task), on a machine that may have
+    SLURM's srun: Lightning's hint to start it with srun (which it gives even with a cluster environment set, from
+    its checkpoint connector) does not apply."""
+    if placed:
+        warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")
     for name in ("pytorch_lightning.utilities.rank_zero", "pytorch_lightning.accelerators.cuda",
                  "lightning_fabric.utilities.seed", "pytorch_lightning.trainer.connectors.checkpoint_connector"):
         logging.getLogger(name).setLevel(logging.WARNING)

@@ -23,7 +23,7 @@ def evaluate(checkpoint_file: str, test: DecodedSplit) -> dict[str, Any]:
     from segcore.build import load_module, quiet_lightning, test_trainer
     from segcore.data import PetsDataModule
 
-    quiet_lightning()
+    quiet_lightning(placed=True)
     module = load_module(Path(checkpoint_file))
     cfg = module.cfg.replace(num_workers=0)
     datamodule = PetsDataModule(cfg, decoded={"test": test})

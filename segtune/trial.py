@@ -214,7 +214,7 @@ def _fit(cfg: TrainConfig, assets, report: ReportEachEpoch, resume_from, device_
 
 def quiet() -> None:
     """Per-epoch 'checkpoint created' lines from every trial drown the sweep's progress in the driver's log."""
-    quiet_lightning()
+    quiet_lightning(placed=True)
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
