@@ -8,8 +8,10 @@ import contextlib
 import csv
 import ipaddress
 import os
+import shutil
 import stat
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -37,10 +39,16 @@ def slurm(tmp_path_factory):
         instance = slurm_local.start(tmp_path_factory.mktemp("slurm"))
     except slurm_local.Unavailable as err:
         pytest.skip(f"no local SLURM here: {err}")
+    # The jobs' Ray gets a temporary folder of its own, as on a compute node: in the machine's /tmp/ray, the
+    # `ray_current_cluster` file it leaves would send every later plain `ray.init()` here (the suite's bench of a
+    # plain Tune script) to this job's long-gone head. Short: Ray's socket paths must fit AF_UNIX's 107 bytes.
+    ray_tmp = tempfile.mkdtemp(prefix="sgs")
+    instance.env["RAY_TMPDIR"] = ray_tmp
     try:
         yield instance
     finally:
         left = slurm_local.stop(instance)
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     assert not left, f"processes of SLURM jobs outlived SLURM and were killed: {left}"
     assert all(p.poll() is not None for p in instance.procs.values())
 
