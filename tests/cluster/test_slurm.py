@@ -1,7 +1,8 @@
 """scripts/slurm/sweep.sbatch for real, on a single-node SLURM from Debian's packages (slurm_local.py): the README's
-sbatch command runs a sweep to its end, and a sweep that SLURM preempts goes back to the queue, where the same
-command continues it. Ray stays on 127.0.0.1: HEAD_IP, and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (set by conftest,
-passed on by sbatch), in a network namespace of its own."""
+sbatch command runs a sweep to its end, a sweep that SLURM preempts goes back to the queue, where the same command
+continues it, and one stopped with `scancel --signal=TERM` is continued by submitting that command again. Ray stays
+on 127.0.0.1: HEAD_IP, and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (set by conftest, passed on by sbatch), in a network
+namespace of its own."""
 from __future__ import annotations
 
 import contextlib
@@ -84,6 +85,14 @@ class Sweep:
 
     def rows_seen(self) -> int:
         return sum(map(len, read_rows(self.experiment).values())) if self.experiment.is_dir() else 0
+
+    def wait_for_first_row(self, timeout: float = 300) -> None:
+        """Until the sweep has reported a result, while the job is queued or running."""
+        deadline = time.monotonic() + timeout
+        while self.rows_seen() < 1:
+            state = self.slurm.job(self.job)["JobState"]
+            assert state in ("PENDING", "RUNNING") and time.monotonic() < deadline, self.context()
+            time.sleep(0.2)
 
     def assert_nothing_left(self) -> None:
         """No process of the job outlives it (Ray's included), and its token is gone with its folder."""
@@ -169,11 +178,7 @@ def test_preempted_sweep_goes_back_to_the_queue_and_the_same_command_continues_i
                   # One trial at a time, on twice the images: the preemption comes a second or two after the first
                   # row, and must still find most of the sweep to do (a warm trial's epoch on 22 images: 0.4 s).
                   "--max-concurrent", "1", images=96)
-    deadline = time.monotonic() + 300
-    while sweep.rows_seen() < 1:
-        info = slurm.job(sweep.job)
-        assert info["JobState"] in ("PENDING", "RUNNING") and time.monotonic() < deadline, sweep.context()
-        time.sleep(0.2)
+    sweep.wait_for_first_row()
     preemptor = slurm.preempt()
     preempted = time.monotonic()
 
@@ -205,3 +210,33 @@ def test_preempted_sweep_goes_back_to_the_queue_and_the_same_command_continues_i
     # nothing reported before the preemption lost or computed again, one Optuna trial each, outputs consistent
     assert check_sweep(sweep.experiment, samples, [snapshot], epochs, optuna_study=True) == []
     sweep.assert_nothing_left()
+
+
+def test_sweep_signalled_with_scancel_is_continued_by_the_same_command(slurm, tmp_path):
+    """`scancel --signal=TERM JOB`, as an admin or a user stops a job: SLURM signals the job's steps (the Ray
+    node), not the batch shell, and the job does not go back to the queue: it ends, and submitting the README's
+    command again (the same one, with --resume auto) completes the sweep without losing or repeating a result."""
+    samples, epochs = 3, 4
+    flags = ["--num-samples", str(samples), "--max-epochs", str(epochs), "--checkpoint-every", "1",
+             "--max-concurrent", "1"]  # as in the preemption test: the signal comes with most of the sweep to do
+    first = Sweep(slurm, tmp_path, "slurm3", *flags, images=96)
+    first.wait_for_first_row()
+    slurm.run("scancel", "--signal=TERM", first.job)
+    info = slurm.wait_done(first.job, timeout=300)
+    # the job ended without finishing the sweep, and stays ended: only a preemption requeues
+    assert (info["JobState"], info["Restarts"]) == ("FAILED", "0"), first.context()
+    assert "Sweep finished" not in first.output and "requeued" not in first.output, first.context()
+    assert "sweep.sbatch: the sweep stopped before its end (exit" in first.output, first.context()
+    assert "submit the same command again to continue it" in first.output, first.context()
+    first.assert_nothing_left()
+    snapshot = read_rows(first.experiment)
+    assert 1 <= sum(map(len, snapshot.values())) < samples * epochs, snapshot  # work reported, and work left
+
+    again = Sweep(slurm, tmp_path, "slurm3", *flags, images=96)  # the same command, a new job
+    info = slurm.wait_done(again.job, timeout=600)
+    assert (info["JobState"], info["ExitCode"]) == ("COMPLETED", "0:0"), again.context()
+    assert f"Sweep finished: {samples} trials:" in again.output, again.context()
+    rows = again.trials()
+    assert len(rows) == samples and all(r["status"] in RAN_TO_END for r in rows), rows
+    assert check_sweep(again.experiment, samples, [snapshot], epochs, optuna_study=True) == []
+    again.assert_nothing_left()
