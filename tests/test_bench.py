@@ -86,3 +86,17 @@ def test_quick_asha_vs_fifo_runs_the_same_configs_under_both(tmp_path):
     assert fig["epoch_ratio"] == pytest.approx(fig["asha"]["epochs"] / fig["fifo"]["epochs"])
     assert fig["best_diff"] == pytest.approx(fig["asha"]["best"] - fig["fifo"]["best"])
     assert 0 <= fig["asha"]["best"] <= 1 and 0 <= fig["fifo"]["best"] <= 1
+
+
+@pytest.mark.slow
+def test_quick_trial_start_runs_and_writes_json(tmp_path):
+    stdout, fig = run_quick("-m bench.trial_start", tmp_path)
+    assert "plain / hook" in stdout
+    assert [r["way"] for r in fig["runs"]] == ["plain", "hook"] and fig["driver_work"] == 1.0
+    plain, hook = fig["runs"]
+    # the hook ran in every trial process before the trainable (it imported what trials import); without it the
+    # trainable imported it itself
+    assert plain["preloaded"] == [False, False] and hook["preloaded"] == [True, True], fig["runs"]
+    for run in fig["runs"]:
+        assert 0 < run["to_entered"] <= run["to_imported"], run
+    assert fig["plain_over_hook"] == pytest.approx(fig["best"]["plain"] / fig["best"]["hook"])
