@@ -17,7 +17,7 @@ from conftest import REPO, SMALL_ENCODER, run_cli
 
 pytestmark = pytest.mark.slow
 
-SAMPLES, EPOCHS = 3, 2
+SAMPLES, EPOCHS = 3, 3
 
 
 def command(data: Path, storage: Path, *extra: str) -> list[str]:
@@ -49,7 +49,11 @@ def rows_seen(experiment: Path) -> int:
     return sum(len(rows) for rows in read_rows(experiment).values()) if experiment.is_dir() else 0
 
 
-def test_one_command_starts_continues_and_reports_a_finished_sweep(pets_root, tmp_path):
+def test_one_command_starts_continues_and_reports_a_finished_sweep(pets_root, tmp_path, monkeypatch):
+    # Rows become visible with Tune's state saves (TUNE_GLOBAL_CHECKPOINT_S, 2 s in the driver), and this whole
+    # sweep takes about 3 s once its first trial runs: saved every 2 s, its first rows could show only at its end (a
+    # clean-clone CI run saw all of them at once and no work left for the "mid-sweep" kill). Every 0.5 s here.
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.5")
     storage = tmp_path / "results"
     experiment = storage / "job"
     argv = command(pets_root, storage)
@@ -67,7 +71,8 @@ def test_one_command_starts_continues_and_reports_a_finished_sweep(pets_root, tm
     # flags given again must match the saved ones, as with --resume (the job script edited between two requeues)
     i = argv.index("--max-epochs")
     proc = run_cli(*argv[:i + 1], "5", *argv[i + 2:], timeout=120)
-    assert proc.returncode == 2 and "--max-epochs 5 (the sweep started with 2)" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"--max-epochs 5 (the sweep started with {EPOCHS})" in proc.stderr, proc.stderr[-2000:]
 
     # 3. to the end: nothing reported before the kill lost or repeated, one Optuna trial per sweep trial
     proc = run_cli(*argv, timeout=600)
