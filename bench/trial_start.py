@@ -35,7 +35,7 @@ def trainable(config: dict) -> None:
     entered = time.time()
     already = "segtune.trial" in sys.modules
     import segtune.trial  # noqa: F401
-    tune.report({"entered": entered, "imported": time.time(), "preloaded": already, "pid": os.getpid()})
+    tune.report({"entered": entered, "imported": time.time(), "preloaded": already})
 
 
 def one_way(way: str, trials: int, driver_work: float) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.kill_anywhere import check_sweep, read_rows
+from bench.kill_anywhere import check_sweep, count_rows, read_rows
 from conftest import REPO, SMALL_ENCODER, run_cli
 
 pytestmark = pytest.mark.slow
@@ -45,10 +45,6 @@ def killed(argv: list[str], log: Path, condition, timeout: float = 300) -> None:
         proc.wait()
 
 
-def rows_seen(experiment: Path) -> int:
-    return sum(len(rows) for rows in read_rows(experiment).values()) if experiment.is_dir() else 0
-
-
 def test_one_command_starts_continues_and_reports_a_finished_sweep(pets_root, tmp_path, monkeypatch):
     # Rows become visible with Tune's state saves (TUNE_GLOBAL_CHECKPOINT_S, 2 s in the driver), and this whole
     # sweep takes about 3 s once its first trial runs: saved every 2 s, its first rows could show only at its end (a
@@ -64,7 +60,7 @@ def test_one_command_starts_continues_and_reports_a_finished_sweep(pets_root, tm
     assert not (experiment / "sweep.yaml").exists()  # nothing of the sweep was written: --resume alone would fail
 
     # 2. killed mid-sweep, right after a result row became visible: the same command continues it
-    killed(argv, tmp_path / "run1.log", lambda: rows_seen(experiment) >= 1)
+    killed(argv, tmp_path / "run1.log", lambda: count_rows(experiment) >= 1)
     snapshot = read_rows(experiment)
     assert snapshot and sum(map(len, snapshot.values())) < SAMPLES * EPOCHS  # work was left to do
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 import slurm_local
-from bench.kill_anywhere import check_sweep, read_rows
+from bench.kill_anywhere import check_sweep, count_rows, read_rows
 from conftest import RAN_TO_END, REPO, SMALL_ENCODER
 from machine import apt_install, require_root
 
@@ -83,13 +83,10 @@ class Sweep:
         with open(self.experiment / "trials.csv") as f:
             return list(csv.DictReader(f))
 
-    def rows_seen(self) -> int:
-        return sum(map(len, read_rows(self.experiment).values())) if self.experiment.is_dir() else 0
-
     def wait_for_first_row(self, timeout: float = 300) -> None:
         """Until the sweep has reported a result, while the job is queued or running."""
         deadline = time.monotonic() + timeout
-        while self.rows_seen() < 1:
+        while count_rows(self.experiment) < 1:
             state = self.slurm.job(self.job)["JobState"]
             assert state in ("PENDING", "RUNNING") and time.monotonic() < deadline, self.context()
             time.sleep(0.2)
@@ -240,3 +237,14 @@ def test_sweep_signalled_with_scancel_is_continued_by_the_same_command(slurm, tm
     assert len(rows) == samples and all(r["status"] in RAN_TO_END for r in rows), rows
     assert check_sweep(again.experiment, samples, [snapshot], epochs, optuna_study=True) == []
     again.assert_nothing_left()
+
+
+def test_refused_input_ends_the_job_with_the_driver_s_reason_only(slurm, tmp_path):
+    """A flag the driver refuses (exit 2) ends the job with the driver's message: nothing was started, so the
+    script says nothing about continuing the sweep."""
+    sweep = Sweep(slurm, tmp_path, "slurm4", "--max-epochs", "0")
+    info = slurm.wait_done(sweep.job, timeout=300)
+    assert (info["JobState"], info["ExitCode"]) == ("FAILED", "2:0"), sweep.context()
+    assert "--max-epochs must be >= 1, got 0" in sweep.output, sweep.context()
+    assert "stopped before its end" not in sweep.output and "Traceback" not in sweep.output, sweep.context()
+    sweep.assert_nothing_left()
