@@ -6,7 +6,6 @@ choices listed, as a single ``UserError``.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
@@ -16,6 +15,7 @@ from typing import Any, Mapping, Optional, Union, get_args, get_origin, get_type
 
 import yaml
 
+from segcore.cache import FACTS
 from segcore.errors import UserError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
@@ -29,25 +29,46 @@ DATA_PATHS = ("auto", "device", "loader")
 WEIGHTS_KEYWORDS = ("imagenet", "none")  # anything else must be a path to a state-dict file
 
 
+# What SMP (and timm) accept is asked of the libraries once per installed version and kept (segcore.cache): a
+# config is then validated without importing them, which is 1.5-2 s of a sweep driver's start.
 def architectures() -> list[str]:
-    import segmentation_models_pytorch as smp
+    def ask() -> list[str]:
+        import segmentation_models_pytorch as smp
 
-    return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+        return sorted(smp.MODEL_ARCHITECTURES_MAPPING)
+
+    return FACTS.get("architectures", ask)
 
 
 def smp_encoders() -> list[str]:
-    import segmentation_models_pytorch as smp
+    def ask() -> list[str]:
+        import segmentation_models_pytorch as smp
 
-    return smp.encoders.get_encoder_names()
+        return list(smp.encoders.get_encoder_names())
+
+    return FACTS.get("encoders", ask)
 
 
 def is_known_encoder(name: str) -> bool:
     """SMP's own encoders, plus any timm model as ``tu-<timm name>`` (SMP's timm-universal encoder)."""
     if name.startswith("tu-"):
-        import timm
+        def ask() -> bool:
+            import timm
 
-        return timm.is_model(name[3:])
+            return bool(timm.is_model(name[3:]))
+
+        return FACTS.get(f"timm model {name[3:]}", ask)
     return name in smp_encoders()
+
+
+def encoder_weight_names(encoder: str) -> list[str]:
+    """The pretrained weights SMP has for one of its own encoders."""
+    def ask() -> list[str]:
+        import segmentation_models_pytorch as smp
+
+        return list(smp.encoders.encoders[encoder]["pretrained_settings"])
+
+    return FACTS.get(f"weights of {encoder}", ask)
 
 
 @dataclass
@@ -167,9 +188,7 @@ class TrainConfig:
             if not Path(w).is_file():
                 return [f"key 'encoder_weights': '{w}' is neither 'imagenet', 'none' nor an existing file"]
             return []
-        import segmentation_models_pytorch as smp
-
-        named = list(smp.encoders.encoders[self.encoder]["pretrained_settings"])
+        named = encoder_weight_names(self.encoder)
         if w in named or Path(w).is_file():
             return []
         return [f"key 'encoder_weights': '{w}' is not a file nor one of {', '.join(['none', *named])} "
@@ -180,22 +199,25 @@ class TrainConfig:
         return [part for part in ("encoder", "decoder", "head") if getattr(self, f"freeze_{part}")]
 
 
-@functools.lru_cache(maxsize=256)
 def model_problem(arch: str, encoder: str, image_size: int) -> Optional[str]:
     """Build the network on PyTorch's meta device (no memory, no weights) and run one forward at ``image_size``:
-    catches encoders an architecture does not support and sizes too small for its pooling, in ~0.1 s."""
-    import segmentation_models_pytorch as smp
-    import torch
+    catches encoders an architecture does not support and sizes too small for its pooling, in ~0.1 s (once per
+    installed version: segcore.cache)."""
+    def ask() -> Optional[str]:
+        import segmentation_models_pytorch as smp
+        import torch
 
-    try:
-        with torch.device("meta"):
-            model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None).eval()
-            model(torch.empty(1, 3, image_size, image_size))
-    except (ValueError, RuntimeError, AssertionError, KeyError) as err:
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-        return (f"keys 'arch', 'encoder', 'image_size': {arch} with encoder {encoder} at {image_size}px "
-                f"does not build or run: {first}")
-    return None
+        try:
+            with torch.device("meta"):
+                model = smp.create_model(arch, encoder_name=encoder, encoder_weights=None).eval()
+                model(torch.empty(1, 3, image_size, image_size))
+        except (ValueError, RuntimeError, AssertionError, KeyError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            return (f"keys 'arch', 'encoder', 'image_size': {arch} with encoder {encoder} at {image_size}px "
+                    f"does not build or run: {first}")
+        return None
+
+    return FACTS.get(f"builds {arch} {encoder} {image_size}", ask)
 
 
 def _valid_devices(devices: str) -> bool:

@@ -7,9 +7,6 @@ cache of uint8 arrays (see ``segcore.decoded``); items are then views of those a
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
@@ -18,57 +15,19 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from segcore.config import TrainConfig
-from segcore.decoded import VALID_TRIMAP_VALUES, DecodedSplit, decode_split
-from segcore.errors import UserError
+from segcore.decoded import VALID_TRIMAP_VALUES, DecodedSplit
 from segcore.losses import IGNORE_INDEX
+from segcore.pets_files import (  # noqa: F401 (re-exported: the module's public names since before)
+    SPLIT_FILES,
+    DataSummary,
+    check_splits,
+    find_root,
+    layout_complete,
+    read_split,
+    split_trainval,
+)
 
 log = logging.getLogger(__name__)
-
-SPLIT_FILES = ("trainval", "test")
-MAX_PROBLEMS_LISTED = 50
-
-
-def find_root(data_dir: str | os.PathLike) -> Path:
-    """The folder holding ``images/`` and ``annotations/``: ``data_dir`` itself or its ``oxford-iiit-pet/``."""
-    data_dir = Path(data_dir)
-    if not data_dir.is_dir():
-        raise UserError(f"data dir {data_dir}: not found (use --download, or point --data_dir at the folder "
-                        "holding images/ and annotations/)")
-    for candidate in (data_dir, data_dir / "oxford-iiit-pet"):
-        if (candidate / "annotations").is_dir() or (candidate / "images").is_dir():
-            return candidate
-    raise UserError(f"data dir {data_dir}: holds neither images/ + annotations/ nor oxford-iiit-pet/ "
-                    "(the Oxford-IIIT Pet layout)")
-
-
-def read_split(root: Path, split: str) -> tuple[list[str], list[str]]:
-    """Image names listed in ``annotations/<split>.txt`` and the problems found in that file."""
-    path = root / "annotations" / f"{split}.txt"
-    if not path.is_file():
-        return [], [f"{path}: split file not found"]
-    names, problems = [], []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        return [], [f"{path}: not a UTF-8 text file"]
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or line.startswith("#"):
-            continue
-        name = line.split()[0]
-        if "/" in name or "\\" in name or ".." in name or name.startswith("~"):
-            problems.append(f"{path}:{lineno}: image name '{name}' contains a path separator or '..'")
-            continue
-        names.append(name)
-    if not names and not problems:
-        problems.append(f"{path}: lists no images")
-    return names, problems
-
-
-def split_trainval(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic (by seed) train / validation indices into the trainval list."""
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = max(1, int(round(n * val_fraction)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
 
 
 def trimap_lut(border: str) -> np.ndarray:
@@ -129,14 +88,6 @@ def collate(batch: Any) -> Any:
     return default_collate(batch)
 
 
-@dataclass
-class DataSummary:
-    root: Path
-    train: int
-    val: int
-    test: int
-
-
 class PetsDataModule(pl.LightningDataModule):
     def __init__(self, config: TrainConfig, download: bool = False, pin_memory: Optional[bool] = None,
                  decoded: Optional[dict[str, DecodedSplit]] = None, device_share: float = 1.0):
@@ -166,43 +117,13 @@ class PetsDataModule(pl.LightningDataModule):
             download_pets(self.cfg.data_dir)
 
     def layout_complete(self, splits: tuple[str, ...] = SPLIT_FILES) -> bool:
-        """Whether the folder, the split files and every file they list are there: what can be checked without
-        decoding an image (``check`` does the rest, and reports every problem)."""
-        try:
-            root = find_root(self.cfg.data_dir)
-        except UserError:
-            return False
-        for split in splits:
-            names, problems = read_split(root, split)
-            if problems or not all((root / "images" / f"{n}.jpg").is_file()
-                                   and (root / "annotations" / "trimaps" / f"{n}.png").is_file() for n in names):
-                return False
-        return True
+        """Whether the folder, the split files and every file they list are there (``segcore.pets_files``)."""
+        return layout_complete(self.cfg.data_dir, splits)
 
     def check(self, splits: tuple[str, ...] = SPLIT_FILES) -> DataSummary:
         """Read, check and decode every split before training: all problems are reported in one UserError."""
-        root = find_root(self.cfg.data_dir)
-        problems: list[str] = []
-        listed: dict[str, list[str]] = {}
-        for split in splits:
-            names, split_problems = read_split(root, split)
-            problems += split_problems
-            listed[split] = names
-            if names and split not in self.decoded:
-                # decode even when other problems were found: the user gets every problem in one report
-                decoded, decode_problems = decode_split(root, split, names, self.cfg.image_size)
-                problems += decode_problems
-                if not split_problems and decoded is not None:
-                    self.decoded[split] = decoded
-        if problems:
-            shown = problems[:MAX_PROBLEMS_LISTED]
-            more = len(problems) - len(shown)
-            raise UserError(f"dataset {root}: {len(problems)} problem(s) found"
-                            + (f" (first {len(shown)} listed)" if more else "") + ":", shown)
-        n_trainval = len(listed.get("trainval", []))
-        train_idx, val_idx = (split_trainval(n_trainval, self.cfg.val_fraction, self.cfg.seed) if n_trainval
-                              else ([], []))
-        return DataSummary(root, len(train_idx), len(val_idx), len(listed.get("test", [])))
+        return check_splits(self.cfg.data_dir, self.cfg.image_size, self.cfg.val_fraction, self.cfg.seed,
+                            self.decoded, splits)
 
     def setup(self, stage: Optional[str] = None) -> None:
         splits = ("trainval",) if stage in ("fit", "validate") else ("test",) if stage == "test" else SPLIT_FILES

@@ -23,6 +23,8 @@ import numpy as np
 from filelock import FileLock
 from PIL import Image, ImageFile
 
+from segcore.cache import cache_dir
+
 log = logging.getLogger(__name__)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error to report, not an image to half-read
@@ -46,10 +48,6 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SEGCORE_CACHE_DIR") or Path.home() / ".cache" / "segcore")
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

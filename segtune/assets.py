@@ -8,12 +8,13 @@ filesystem. On one node the arrays are shared memory (zero-copy), so concurrent 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
-
-import torch
+from typing import TYPE_CHECKING, Optional
 
 from segcore.config import TrainConfig
 from segcore.decoded import DecodedSplit
+
+if TYPE_CHECKING:  # the driver builds the assets while its Ray starts: torch only for pretrained weights
+    import torch
 
 
 @dataclass
@@ -34,24 +35,24 @@ def build_assets(configs: list[TrainConfig], data: bool = True
     returns the trials' assets, the test split at each size (memory-mapped, for the final test only) and notes."""
     import numpy as np
 
-    from segcore.data import PetsDataModule
-    from segcore.weights import encoder_state
+    from segcore.pets_files import check_splits
 
     assets, tests, notes = SweepAssets(), {}, []
     for size in sorted({c.image_size for c in configs}) if data else []:
         cfg = next(c for c in configs if c.image_size == size)
-        datamodule = PetsDataModule(cfg)
-        summary = datamodule.check()  # all splits: the final test needs test.txt too
-        tests[size] = datamodule.decoded["test"]
-        trainval = datamodule.decoded["trainval"]
+        decoded: dict[str, DecodedSplit] = {}
+        summary = check_splits(cfg.data_dir, size, cfg.val_fraction, cfg.seed, decoded)  # test too: the final test
+        tests[size] = decoded["test"]
+        trainval = decoded["trainval"]
         # plain arrays (not memory maps) so they travel through the object store to any node
         assets.decoded[size] = DecodedSplit(trainval.names, np.ascontiguousarray(trainval.images),
                                             np.ascontiguousarray(trainval.trimaps))
         notes.append(f"data {summary.root} at {size}px: train {summary.train}, val {summary.val}, "
                      f"test {summary.test}")
     for encoder, weights in sorted({(c.encoder, c.encoder_weights) for c in configs}):
-        state = encoder_state(encoder, weights)
-        if state is not None:
-            assets.encoders[(encoder, weights)] = state
+        if weights != "none":
+            from segcore.weights import encoder_state  # torch and SMP
+
+            assets.encoders[(encoder, weights)] = encoder_state(encoder, weights)
         notes.append(f"weights {encoder}: {weights}")
     return assets, tests, notes

@@ -144,15 +144,39 @@ class LocalStart:
             ray.shutdown()
 
 
+def shutdown_beside() -> threading.Thread:
+    """Shut Ray down in a thread of its own, while the driver goes on with work that needs no Ray (the report):
+    ``ray.shutdown`` mostly waits for Ray's processes to end. ``shutdown`` waits for it."""
+    import ray
+
+    stopping = threading.Thread(target=ray.shutdown, name="ray-shutdown")
+    stopping.start()
+    return stopping
+
+
+def shutdown(stopping: Optional[threading.Thread] = None) -> None:
+    """Ray shut down, whether ``shutdown_beside`` began it or not (the driver's last step, whatever ended it)."""
+    import ray
+
+    if stopping is not None:
+        stopping.join()
+    if ray.is_initialized():
+        ray.shutdown()
+
+
 def check_resources(cpus_per_trial: float, gpus_per_trial: float, workers: int = 1,
-                    cluster: Optional[dict[str, float]] = None, node_cpus: Optional[list[float]] = None) -> str:
-    """Refuse requests no node can meet. ``cluster`` defaults to this machine (no Ray needed for a dry run).
+                    cluster: Optional[dict[str, float]] = None, node_cpus: Optional[list[float]] = None,
+                    count_gpus: bool = True) -> str:
+    """Refuse requests no node can meet. ``cluster`` defaults to this machine (no Ray needed for a dry run), whose
+    GPUs torch counts unless ``count_gpus`` is False (a request for none: torch's import is then saved).
 
     With ``workers`` > 1 the per-trial figures are per worker (each DDP worker is placed on its own)."""
     if cluster is None:
-        import torch
+        cluster = {"CPU": float(os.cpu_count() or 1)}
+        if count_gpus:
+            import torch
 
-        cluster = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+            cluster["GPU"] = float(torch.cuda.device_count())
         node_cpus = [cluster["CPU"]]
     gpus = cluster.get("GPU", 0.0)
     total_gpus = gpus_per_trial * workers
@@ -169,7 +193,7 @@ def check_resources(cpus_per_trial: float, gpus_per_trial: float, workers: int =
         raise UserError(f"--cpus-per-trial {cpus_per_trial:g} x --workers-per-trial {workers}: a trial needs "
                         f"{needed:g} CPUs (workers + {DDP_DRIVER_CPU} for the trial's driver), the cluster has "
                         f"{cluster.get('CPU', 0):g}")
-    text = f"{cluster.get('CPU', 0):g} CPUs, {gpus:g} GPUs"
+    text = f"{cluster.get('CPU', 0):g} CPUs" + (f", {gpus:g} GPUs" if "GPU" in cluster or count_gpus else "")
     if gpus_per_trial > 0:
         at_once = trial_concurrency(cpus_per_trial, gpus_per_trial, workers, cluster)
         if gpus_per_trial < 1 and workers == 1:

@@ -20,20 +20,23 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from segcore.config import TrainConfig
 from segcore.decoded import DecodedSplit
 from segcore.errors import UserError
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
+from segcore.pets_files import find_root, layout_complete
 from segtune import cluster, prepare, saved_state
-from segtune.assets import SweepAssets, build_assets
 from segtune.checkpoint_policy import CheckpointPolicy
 from segtune.interrupts import Interrupts
 from segtune.results import finished_sweep
 from segtune.settings import SweepSettings, auto_resume, resume_command, save_settings, settings_for
 from segtune.spaces import Space, load_space
 from segtune.storage import SPACE_FILE, Storage
+
+if TYPE_CHECKING:  # segtune.assets imports torch: a local Ray starts before that (check_and_prepare)
+    from segtune.assets import SweepAssets
 
 # Tune saves its state (and saved_state commits it with the results reported since) every this many seconds: a
 # result becomes visible, and survives a kill, within about that time. Tune's default adapts between 10 s and more.
@@ -90,6 +93,7 @@ def run_sweep(given: SweepSettings, named: set[str], interrupts: Interrupts) -> 
         print(f"--resume auto: {done.experiment} holds a finished sweep; nothing to run", flush=True)
         print(format_summary(done.summary), flush=True)
         return 0
+    stopping = None
     try:
         ray_cluster = connect(job, interrupts)
         print(plan(job), flush=True)
@@ -104,15 +108,13 @@ def run_sweep(given: SweepSettings, named: set[str], interrupts: Interrupts) -> 
         summary = summarise(results, job, interrupted=interrupts.received is not None)
         if not job.settings.no_final_test and interrupts.received is None and summary.get("best_checkpoint"):
             summary["final_test"] = final_test(results, job, summary)
+        stopping = cluster.shutdown_beside()  # Ray's work is done: its 1-2 s of shutdown beside the report's
         report(job, summary)
         return interrupts.exit_code
     finally:
         # whatever ended the sweep: the CLI exits without the interpreter's teardown, and Ray's agent processes
         # (dashboard, runtime_env) outlive a driver that did not shut Ray down
-        import ray
-
-        if ray.is_initialized():
-            ray.shutdown()
+        cluster.shutdown(stopping)
 
 
 def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
@@ -134,20 +136,24 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
     commit = saved_state.newest_readable(storage.ray_path_of_experiment) if settings.resume else None
     space = load_space(settings.space, prepare.parse_sets(settings.set), settings.search)
     data_dir = Path(settings.data_dir).resolve()
-    pending = prepare.ensure_dataset(data_dir, settings.synthetic, settings.download, settings.synthetic_images,
-                                     dry_run=settings.dry_run)
     base = prepare.base_config(space, data_dir, settings.max_epochs)
     configs: list[TrainConfig] = prepare.candidate_configs(space, base)
     resources = ""
-    if settings.local_sweep:  # checked against this machine before Ray starts
+    if settings.local_sweep:  # checked against this machine before Ray starts (torch counts GPUs when asked for)
         resources = cluster.check_resources(settings.cpus_per_trial, settings.gpus_per_trial,
-                                            settings.workers_per_trial)
-    # Every check that reads no image has passed: Ray starts now, beside the decoding and the weights' fetch, and is
-    # shut down again if they find a problem. (With files missing, the data check reports them first, Ray unstarted.)
+                                            settings.workers_per_trial,
+                                            count_gpus=settings.gpus_per_trial > 0 or settings.dry_run)
+    # Every check that reads no image has passed, without torch (what SMP accepts comes from segcore.cache): Ray
+    # starts now, beside the driver's imports, the data's generation or decoding and the weights' fetch, and is shut
+    # down again if they find a problem. (With files missing, the data check reports them first, Ray unstarted.)
     ray_start = None
-    if settings.local_sweep and not settings.dry_run and data_layout_complete(configs):
+    if settings.local_sweep and not settings.dry_run and data_complete_or_generated(data_dir, settings.synthetic):
         ray_start = cluster.LocalStart(cluster.trial_env(TRIAL_ENV), dashboard=ray_dashboard(settings))
     try:
+        from segtune.assets import build_assets
+
+        pending = prepare.ensure_dataset(data_dir, settings.synthetic, settings.download, settings.synthetic_images,
+                                         dry_run=settings.dry_run)
         assets, tests, notes = build_assets(configs, data=pending is None)
     except BaseException:
         if ray_start is not None:
@@ -157,10 +163,15 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
                     resources, ray_start)
 
 
-def data_layout_complete(configs: list[TrainConfig]) -> bool:
-    from segcore.data import PetsDataModule
-
-    return PetsDataModule(configs[0]).layout_complete()
+def data_complete_or_generated(data_dir: Path, synthetic: bool) -> bool:
+    """Whether every listed file is there, or a stand-in is about to be generated into an empty folder."""
+    if layout_complete(data_dir):
+        return True
+    try:
+        find_root(data_dir)
+        return False  # a dataset with files missing: the data check says which, with Ray unstarted
+    except UserError:
+        return synthetic
 
 
 def ray_dashboard(s: SweepSettings) -> bool:
@@ -179,9 +190,9 @@ def connect(job: Prepared, interrupts: Interrupts) -> Optional[cluster.Cluster]:
     else:
         ray_cluster = cluster.connect(s.address, cluster.trial_env(TRIAL_ENV), dashboard=ray_dashboard(s))
     interrupts.install()
-    if not s.local_sweep:
-        job.resources = cluster.check_resources(s.cpus_per_trial, s.gpus_per_trial, s.workers_per_trial,
-                                                ray_cluster.resources, ray_cluster.node_cpus)
+    # (a local sweep was checked against this machine before Ray started; Ray's own count is what Tune schedules by)
+    job.resources = cluster.check_resources(s.cpus_per_trial, s.gpus_per_trial, s.workers_per_trial,
+                                            ray_cluster.resources, ray_cluster.node_cpus)
     if len(ray_cluster.hosts) > 1 and not job.storage.is_uri:
         cluster.check_storage_shared(job.storage.local.parent, ray_cluster.node_ids,
                                       ray_cluster.node_addresses)
@@ -227,7 +238,7 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
     from segtune import compat, naming, tune_callbacks
     from segtune.board import TrialBoard
     from segtune.search import build_search
-    from segtune.trial import train_trial
+    from segtune.trainable import train_trial
 
     s, storage = job.settings, job.storage
     workers = s.workers_per_trial
@@ -318,7 +329,7 @@ def final_test(results, job: Prepared, summary: dict[str, Any]) -> dict[str, Any
 
 def report(job: Prepared, summary: dict[str, Any]) -> None:
     """Step 9. report.md and its plots (a failure here must not cost the sweep's summary: it is shown, with how
-    to retry), results uploaded to a URI storage, the summary printed, Ray shut down."""
+    to retry), results uploaded to a URI storage, the summary printed. (Ray is shutting down meanwhile.)"""
 
     from segtune.report import build_report
     from segtune.results import format_summary

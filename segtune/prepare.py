@@ -61,7 +61,7 @@ def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, synthetic_im
                    dry_run: bool = False) -> Optional[str]:
     """Generate or download the dataset when asked and absent. In a dry run nothing is fetched: returns what
     would happen instead (and the data check is then skipped)."""
-    from segcore.data import find_root
+    from segcore.pets_files import find_root
 
     if dry_run:
         try:

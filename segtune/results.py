@@ -180,7 +180,7 @@ def checkpoint_location(checkpoint, filename: str) -> str:
 
 def write_best(best, base: dict[str, Any], experiment_dir: Path) -> dict[str, Any]:
     """``best_config.yaml`` (for ``python -m segcore.train --config``) and the best checkpoint's path."""
-    from segtune.trial import trial_config
+    from segtune.spaces import trial_config
 
     cfg = trial_config(best.config, base)
     cfg.save(experiment_dir / BEST_CONFIG_FILE)

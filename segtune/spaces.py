@@ -46,6 +46,11 @@ def to_config_values(params: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def trial_config(params: dict[str, Any], base: dict[str, Any]) -> TrainConfig:
+    """The sampled ``params`` over the sweep's fixed ``base`` values: the whole config of one trial."""
+    return TrainConfig.from_dict({**base, **to_config_values(params)}, source="trial config")
+
+
 @dataclass
 class Space:
     name: str

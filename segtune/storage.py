@@ -11,6 +11,7 @@ import shutil
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+from segcore.cache import write_text_atomic  # noqa: F401 (segtune writes its files with it too)
 from segcore.errors import UserError
 from segtune.cluster import is_uri, redact
 
@@ -32,14 +33,6 @@ CHECKPOINT_FILE = "checkpoint.ckpt"
 # pickled experiment state, so it is refused: credentials come from the environment or an instance role.
 SECRET_QUERY_KEYS = {"access_key", "secret_key", "session_token", "access_token", "account_key", "sas_token",
                      "password", "token"}
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a whole file or none of it: a signal or a lost machine mid-write leaves the old file (or no file), never a
-    truncated one that --resume or --report would then choke on."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def check_uri(uri: str) -> None:

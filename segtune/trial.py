@@ -39,13 +39,8 @@ from segcore.model import DivergedError
 from segtune import checkpoint_policy as policies
 from segtune.checkpoint_policy import FULL, WEIGHTS, CheckpointClock, CheckpointPolicy
 from segtune.cluster import LOGICAL_GPUS_ON_CPU
-from segtune.spaces import to_config_values
+from segtune.spaces import trial_config
 from segtune.storage import CHECKPOINT_FILE
-
-
-def trial_config(params: dict[str, Any], base: dict[str, Any]) -> TrainConfig:
-    """The sampled ``params`` over the sweep's fixed ``base`` values: the whole config of one trial."""
-    return TrainConfig.from_dict({**base, **to_config_values(params)}, source="trial config")
 
 
 def placement(world_size: int) -> dict[str, Any]:
