@@ -4,6 +4,7 @@ Speed itself is never asserted here: the figures are measured by hand and record
 from __future__ import annotations
 
 import json
+import subprocess
 
 import pytest
 
@@ -100,3 +101,18 @@ def test_quick_trial_start_runs_and_writes_json(tmp_path):
     for run in fig["runs"]:
         assert 0 < run["to_entered"] <= run["to_imported"], run
     assert fig["plain_over_hook"] == pytest.approx(fig["best"]["plain"] / fig["best"]["hook"])
+
+
+@pytest.mark.slow
+def test_quick_startup_ab_runs_both_checkouts_and_writes_json(tmp_path):
+    stdout, fig = run_quick("-m bench.startup_ab --baseline HEAD", tmp_path)
+    assert "baseline / this" in stdout
+    assert [(r["way"], r["round"]) for r in fig["runs"]] == [("this", 0), ("baseline", 0)]
+    for run in fig["runs"]:  # read from the real result.json of each sweep: inside its wall time
+        assert 0 < run["startup_s"] and 0 <= run["tail_s"] and run["startup_s"] + run["tail_s"] < run["wall_s"], run
+    for key in ("wall_s", "startup_s", "tail_s"):
+        this, base = fig["median"]["this"][key], fig["median"]["baseline"][key]
+        assert fig["baseline_over_this"][key] == (pytest.approx(base / this, abs=0.01) if this else None), key
+    # the baseline's worktree is gone again
+    worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "startup-ab-" not in worktrees
