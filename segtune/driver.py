@@ -34,6 +34,7 @@ from segtune.results import finished_sweep
 from segtune.settings import SweepSettings, auto_resume, resume_command, save_settings, settings_for
 from segtune.spaces import Space, load_space
 from segtune.storage import SPACE_FILE, Storage
+from segtune.trainable import IN_SWEEP_WORKER
 
 if TYPE_CHECKING:  # segtune.assets imports torch: a local Ray starts before that (check_and_prepare)
     from segtune.assets import SweepAssets
@@ -46,7 +47,8 @@ os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"
 
 # Trials get data and weights from the driver through the object store: they must not reach the Hugging Face hub
 # or read its cache (which a node without a shared filesystem would not have). Enforced, so a slip fails loudly.
-TRIAL_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent/segsweep-trials-get-weights-from-the-driver"}
+TRIAL_ENV = {"HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": "/nonexistent/segsweep-trials-get-weights-from-the-driver",
+             IN_SWEEP_WORKER: "1"}
 
 
 class _NoTunerRestoreHint(logging.Filter):

@@ -6,7 +6,17 @@ and its start is that much shorter. The trial's own process imports ``segtune.tr
 """
 from __future__ import annotations
 
+import os
 from typing import Any
+
+# Set in every Ray worker of a sweep (segtune.driver.TRIAL_ENV), never in the driver.
+IN_SWEEP_WORKER = "SEGSWEEP_WORKER"
+
+if os.environ.get(IN_SWEEP_WORKER) == "1":
+    # A trial's process unpickles this module as Tune creates the trial's actor: segtune.trial is imported then, in
+    # the actor's main thread. Imported by the call instead, in Tune's training thread, the same imports ran beside
+    # Tune's polling of that thread and the first step came ~1.5 s later (bench/startup_ab.py).
+    import segtune.trial  # noqa: F401
 
 
 def train_trial(params: dict[str, Any], **kwargs: Any) -> None:
