@@ -50,6 +50,7 @@ def main() -> None:
     p.add_argument("--baseline", required=True, help="the commit to compare this checkout with")
     p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--image-size", type=int, default=64, help="256: the decoding Ray's start now overlaps is longer")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--json")
     a = p.parse_args()
@@ -65,7 +66,7 @@ def main() -> None:
         from segcore.synthetic import generate
 
         generate(tmp / "data", num=96, seed=0, min_size=64, max_size=128)
-        space = space_file(tmp, "unet-lr-bs", 64)
+        space = space_file(tmp, "unet-lr-bs", a.image_size)
         worktree = tmp / "baseline"
         subprocess.run(["git", "worktree", "add", "--detach", "-q", str(worktree), a.baseline], cwd=REPO, check=True)
         ways = {"this": REPO, "baseline": worktree}
@@ -83,12 +84,14 @@ def main() -> None:
                     for k in FIGURES} for way in ways}
     ratios = {k: round(median["baseline"][k] / median["this"][k], 2) if median["this"][k] else None
               for k in FIGURES}
-    print(f"medians over {a.rounds} round(s), {a.epochs} epoch(s) per trial; baseline {commit.stdout.strip()}:")
+    print(f"medians over {a.rounds} round(s), {a.epochs} epoch(s) per trial at {a.image_size} px; baseline "
+          f"{commit.stdout.strip()}:")
     for k in FIGURES:
         print(f"  {k[:-2]:8s} this {median['this'][k]:.1f}s, baseline {median['baseline'][k]:.1f}s -> baseline / "
               f"this {ratios[k]}")
     if a.json:
         Path(a.json).write_text(json.dumps({"baseline": commit.stdout.strip(), "rounds": a.rounds, "epochs": a.epochs,
+                                            "image_size": a.image_size,
                                             "runs": runs, "median": median, "baseline_over_this": ratios}, indent=1))
 
 
