@@ -76,6 +76,7 @@ class TrialBoard(LoggerCallback):
         self._writers: dict[str, Any] = {}  # trial id -> SummaryWriter (not pickled with Tune's state)
         self._started: dict[str, float] = {}
         self._written: dict[str, int] = {}  # trial id -> the last epoch written
+        self._best: dict[str, float] = {}  # trial id -> the best val/iou of the epochs written or kept
         self._config_written = False  # the experiment's configuration, looked for once per driver process
 
     def __getstate__(self) -> dict:
@@ -83,7 +84,7 @@ class TrialBoard(LoggerCallback):
 
     def __setstate__(self, state: dict) -> None:
         self.domains, self.max_epochs = state["domains"], state["max_epochs"]
-        self._writers, self._started, self._written = {}, {}, {}
+        self._writers, self._started, self._written, self._best = {}, {}, {}, {}
         self._config_written = False
 
     # ----- Tune's LoggerCallback hooks ------------------------------------------------------------------------
@@ -104,11 +105,11 @@ class TrialBoard(LoggerCallback):
             value = result.get(tag)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 writer.add_scalar(tag, value, global_step=int(step))
-        # the best so far: Tune's analysis of the results before this one (also those before a resume; Tune adds
-        # this result to it after the callbacks), and this one
-        best = [v for v in (finite(((trial.metric_analysis or {}).get(SWEEP_METRIC) or {}).get("max")),
-                            finite(result.get(SWEEP_METRIC))) if v is not None]
+        # the best so far over the epochs this board shows (also those kept from before a resume), not Tune's
+        # analysis of the trial: after a kill, that still holds the results of epochs that were lost and run again
+        best = [v for v in (self._best.get(trial.trial_id), finite(result.get(SWEEP_METRIC))) if v is not None]
         if best:
+            self._best[trial.trial_id] = max(best)
             writer.add_scalar(BEST, max(best), global_step=int(step))
         writer.add_scalar(EPOCHS, int(step), global_step=int(step))
         if isinstance(result.get(VAL_PREDICTIONS), str):
@@ -138,8 +139,10 @@ class TrialBoard(LoggerCallback):
             from torch.utils.tensorboard import SummaryWriter
 
             folder = logdir(trial)
-            forget(Path(folder), epoch if epoch is not None else math.inf,
-                   first_step if first_step is not None else math.inf)
+            kept_best = forget(Path(folder), epoch if epoch is not None else math.inf,
+                               first_step if first_step is not None else math.inf)
+            if kept_best is not None:
+                self._best[trial.trial_id] = kept_best
             self._writers[trial.trial_id] = SummaryWriter(folder)
         return self._writers[trial.trial_id]
 
@@ -166,17 +169,19 @@ def logdir(trial) -> str:
     return trial.local_path
 
 
-def forget(folder: Path, epoch: float, first_step: float) -> None:
+def forget(folder: Path, epoch: float, first_step: float) -> Optional[float]:
     """Take out of the events files in ``folder`` the points at epochs >= ``epoch`` (of ``train/loss_step``: at
     steps >= ``first_step``) and the HParams session. Written by a run that was killed, these epochs were not
     committed: the resumed trial runs them again. (TensorBoard's loader drops points only when a step goes
-    backwards, so the epoch in progress at the kill would show twice.) Each changed file is replaced whole."""
+    backwards, so the epoch in progress at the kill would show twice.) Each changed file is replaced whole.
+    Returns the best ``val/iou`` of the points kept (None without any), where the resumed best so far goes on."""
     from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
     from tensorboard.compat.proto.event_pb2 import Event
     from tensorboard.plugins.hparams import metadata
     from tensorboard.summary.writer.record_writer import RecordWriter
 
     sessions = {metadata.SESSION_START_INFO_TAG, metadata.SESSION_END_INFO_TAG}
+    best = None
     for path in sorted(folder.glob("events.out.tfevents.*")) if folder.is_dir() else []:
         kept, changed = [], False
         for record in RawEventFileLoader(str(path)).Load():
@@ -184,6 +189,10 @@ def forget(folder: Path, epoch: float, first_step: float) -> None:
             values = [v for v in event.summary.value
                       if v.tag not in sessions
                       and event.step < (first_step if v.tag == TRAIN_LOSS_STEP else epoch)]
+            for v in values:
+                value = finite(v.simple_value) if v.tag == SWEEP_METRIC and v.HasField("simple_value") else None
+                if value is not None and (best is None or value > best):
+                    best = value
             if len(values) < len(event.summary.value):
                 changed = True
                 if not values:
@@ -199,6 +208,7 @@ def forget(folder: Path, epoch: float, first_step: float) -> None:
                 for record in kept:
                     writer.write(record)
             part.replace(path)
+    return best
 
 
 def jpeg_summary(tag: str, encoded: str):

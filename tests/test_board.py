@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch.utils.tensorboard import SummaryWriter
 
@@ -33,7 +34,9 @@ def load(folder: Path) -> EventAccumulator:
 
 def test_a_resumed_trial_forgets_the_epochs_it_runs_again_and_its_session(tmp_path):
     write_killed_run(tmp_path)
-    forget(tmp_path, epoch=2, first_step=3)  # committed: epoch 1; the resumed trial runs epoch 2 again
+    # committed: epoch 1; the resumed trial runs epoch 2 again. The best so far goes on from the kept epoch's 0.1,
+    # not from the lost epoch's 0.2
+    assert forget(tmp_path, epoch=2, first_step=3) == pytest.approx(0.1)
     # the resumed run writes epoch 2 again, with what it computes now
     writer = SummaryWriter(str(tmp_path))
     writer.add_scalar("val/iou", 0.25, global_step=2)
@@ -52,8 +55,8 @@ def test_a_trial_that_runs_on_after_its_last_point_leaves_its_files_as_they_are(
     writer.add_scalar("val/iou", 0.1, global_step=1)
     writer.close()
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
-    forget(tmp_path, epoch=2, first_step=3)  # nothing at or after epoch 2, no session
-    forget(tmp_path / "missing", epoch=1, first_step=1)  # a trial's first run: no folder yet
+    assert forget(tmp_path, epoch=2, first_step=3) == pytest.approx(0.1)  # nothing at or after epoch 2, no session
+    assert forget(tmp_path / "missing", epoch=1, first_step=1) is None  # a trial's first run: no folder yet
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
 
 
