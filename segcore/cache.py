@@ -93,4 +93,5 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
 
+
 FACTS = LibraryFacts()

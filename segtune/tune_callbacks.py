@@ -44,11 +44,10 @@ class ImportForTheEnd(tune.Callback):
     to the tail. Once the first result has come (the trials are past their own imports), a thread imports them beside
     the trials' epochs, where they cost the trials a few seconds of one core spread over the whole sweep."""
 
-    def setup(self, **info) -> None:
-        self._started = False
+    _started = False  # the thread started, in this driver process
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        if getattr(self, "_started", False):
+        if self._started:
             return
         self._started = True
         threading.Thread(target=_import_for_the_end, name="import-for-the-end", daemon=True).start()
