@@ -118,9 +118,6 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
     rows = []
     for result in result_grid:
         metrics = result.metrics or {}
-        df = result.metrics_dataframe
-        history = [] if df is None or SWEEP_METRIC not in df else [finite(v) for v in df[SWEEP_METRIC]]
-        history = [v for v in history if v is not None]
         epochs = int(metrics.get(EPOCH) or 0)
         # Tune marks the last result of a trial the scheduler stopped "done"
         status = trial_status(metrics, max_epochs, errored=result.error is not None, ended=bool(metrics.get("done")))
@@ -129,7 +126,7 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
         rows.append(TrialRow(
             number=naming.number_of(name), name=name, trial_id=metrics.get("trial_id") or name, status=status,
             params={k: result.config.get(k) for k in searched_keys},
-            last=finite(metrics.get(SWEEP_METRIC)), best=max(history) if history else None, epochs=epochs,
+            last=finite(metrics.get(SWEEP_METRIC)), best=best_value(result), epochs=epochs,
             wall_time_s=float(metrics.get("time_total_s") or 0.0), hostname=str(metrics.get("hostname", "")),
             node_ip=str(metrics.get("node_ip", "")), node_id=str(metrics.get("node_id", "")),
             device=str(metrics.get("device", "")), gpu=str(metrics.get("gpu", "")),
@@ -146,13 +143,23 @@ def write_trials_csv(rows: list[TrialRow], searched_keys: list[str], path: Path)
             writer.writerow(row.as_csv(searched_keys))
 
 
+def best_value(result) -> Optional[float]:
+    """The best finite ``val/iou`` of a trial's result rows (its result.json), or None."""
+    df = result.metrics_dataframe
+    values = [] if df is None or SWEEP_METRIC not in df else [finite(v) for v in df[SWEEP_METRIC]]
+    values = [v for v in values if v is not None]
+    return (max if SWEEP_MODE == "max" else min)(values) if values else None
+
+
 def best_trial(result_grid):
-    """The trial whose best epoch has the best ``val/iou`` over all epochs of all trials, or None."""
-    try:
-        return result_grid.get_best_result(metric=SWEEP_METRIC, mode=SWEEP_MODE, scope="all",
-                                           filter_nan_and_inf=True)
-    except RuntimeError:  # no trial reported a finite value
+    """The trial whose best epoch has the best ``val/iou`` over all epochs of all trials, or None. Read from the
+    trials' result rows, as trials.csv is: not ``ResultGrid.get_best_result``, which reads Tune's analysis of each
+    trial, and after a kill and a resume that still holds the results of epochs that were lost and run again."""
+    scored = [(value, result) for result in result_grid if (value := best_value(result)) is not None]
+    if not scored:
         return None
+    pick = max if SWEEP_MODE == "max" else min
+    return pick(scored, key=lambda pair: pair[0])[1]
 
 
 def best_checkpoint(best):
@@ -184,10 +191,8 @@ def write_best(best, base: dict[str, Any], experiment_dir: Path) -> dict[str, An
 
     cfg = trial_config(best.config, base)
     cfg.save(experiment_dir / BEST_CONFIG_FILE)
-    df = best.metrics_dataframe
-    value = float(df[SWEEP_METRIC].max()) if df is not None and SWEEP_METRIC in df else None
     checkpoint = best_checkpoint(best)
-    return {"best_value": value, "best_params": best.config, "best_config": cfg.to_dict(),
+    return {"best_value": best_value(best), "best_params": best.config, "best_config": cfg.to_dict(),
             "best_checkpoint": checkpoint_location(checkpoint, CHECKPOINT_FILE) if checkpoint else None,
             "best_trial_path": str(best.path), "best_trial_id": (best.metrics or {}).get("trial_id"),
             "best_trial": Path(best.path).name}

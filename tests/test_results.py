@@ -75,3 +75,23 @@ def test_final_test_evaluates_at_the_precision_the_trials_trained_at(precision, 
     metrics = evaluate(str(tmp_path / "trial.ckpt"), test)
     assert [t.precision for t in used] == [precision]
     assert metrics["images"] == len(test) and 0.0 <= metrics["test/iou"] <= 1.0
+
+
+def test_the_best_trial_is_the_one_whose_kept_rows_hold_the_best_val_iou():
+    """Read from each trial's result rows (what trials.csv shows), NaN and missing values skipped: after a kill and a
+    resume, Tune's own analysis of a trial can still hold an epoch that was lost and run again."""
+    import pandas as pd
+    from ray.tune import Result
+
+    from segtune.results import best_trial, best_value
+
+    def result(name: str, values: list) -> Result:
+        rows = pd.DataFrame({"epoch": range(1, len(values) + 1), "val/iou": values})
+        return Result(metrics=rows.iloc[-1].to_dict() if values else {}, checkpoint=None, error=None,
+                      path=f"/runs/pets/{name}", metrics_dataframe=rows)
+
+    grid = [result("000", [0.20, 0.41, 0.39]), result("001", [0.30, float("nan")]), result("002", [0.42, 0.1]),
+            result("003", [])]
+    assert best_trial(grid).path.endswith("002")
+    assert [best_value(r) for r in grid] == [0.41, 0.30, 0.42, None]
+    assert best_trial([result("004", [float("nan")])]) is None
