@@ -107,10 +107,11 @@ class TrialBoard(LoggerCallback):
                 writer.add_scalar(tag, value, global_step=int(step))
         # the best so far over the epochs this board shows (also those kept from before a resume), not Tune's
         # analysis of the trial: after a kill, that still holds the results of epochs that were lost and run again
-        best = [v for v in (self._best.get(trial.trial_id), finite(result.get(SWEEP_METRIC))) if v is not None]
-        if best:
-            self._best[trial.trial_id] = max(best)
-            writer.add_scalar(BEST, max(best), global_step=int(step))
+        best = max((v for v in (self._best.get(trial.trial_id), finite(result.get(SWEEP_METRIC))) if v is not None),
+                   default=None)
+        if best is not None:
+            self._best[trial.trial_id] = best
+            writer.add_scalar(BEST, best, global_step=int(step))
         writer.add_scalar(EPOCHS, int(step), global_step=int(step))
         if isinstance(result.get(VAL_PREDICTIONS), str):
             writer.file_writer.add_summary(jpeg_summary(VAL_PREDICTIONS, result[VAL_PREDICTIONS]), int(step))
