@@ -73,7 +73,7 @@ class TrialBoard(LoggerCallback):
     def __init__(self, searched: dict[str, tuple[str, list]], fixed: dict[str, Any], max_epochs: int):
         self.domains = domains(searched, fixed)
         self.max_epochs = max_epochs
-        self._writers: dict[str, Any] = {}  # trial id -> SummaryWriter (not pickled with Tune's state)
+        self._writers: dict[str, EventWriter] = {}  # trial id -> its writer (not pickled with Tune's state)
         self._started: dict[str, float] = {}
         self._written: dict[str, int] = {}  # trial id -> the last epoch written
         self._best: dict[str, float] = {}  # trial id -> the best val/iou of the epochs written or kept
@@ -114,7 +114,7 @@ class TrialBoard(LoggerCallback):
             writer.add_scalar(BEST, best, global_step=int(step))
         writer.add_scalar(EPOCHS, int(step), global_step=int(step))
         if isinstance(result.get(VAL_PREDICTIONS), str):
-            writer.file_writer.add_summary(jpeg_summary(VAL_PREDICTIONS, result[VAL_PREDICTIONS]), int(step))
+            writer.add_summary(jpeg_summary(VAL_PREDICTIONS, result[VAL_PREDICTIONS]), int(step))
         if first_step is not None:  # this epoch's steps, numbered from the trial's first step
             for i, loss in enumerate(steps):
                 if isinstance(loss, (int, float)) and math.isfinite(loss):
@@ -127,7 +127,7 @@ class TrialBoard(LoggerCallback):
         writer = self._writer(trial)
         for summary in session_summaries(self.domains, trial.config, status, str(trial),
                                          self._started.get(trial.trial_id)):
-            writer.file_writer.add_summary(summary)
+            writer.add_summary(summary)
         writer.close()
         self._writers.pop(trial.trial_id, None)
 
@@ -137,14 +137,12 @@ class TrialBoard(LoggerCallback):
         out of the trial's earlier events what this run writes again: the epochs from ``epoch`` on (the steps from
         ``first_step`` on) and the session (the trial ends again)."""
         if trial.trial_id not in self._writers:
-            from torch.utils.tensorboard import SummaryWriter
-
             folder = logdir(trial)
             kept_best = forget(Path(folder), epoch if epoch is not None else math.inf,
                                first_step if first_step is not None else math.inf)
             if kept_best is not None:
                 self._best[trial.trial_id] = kept_best
-            self._writers[trial.trial_id] = SummaryWriter(folder)
+            self._writers[trial.trial_id] = EventWriter(folder)
         return self._writers[trial.trial_id]
 
     def _write_config(self, experiment: Path) -> None:
@@ -153,11 +151,40 @@ class TrialBoard(LoggerCallback):
         self._config_written = True
         if any(experiment.glob(f"events.out.tfevents.*{CONFIG_SUFFIX}")):
             return  # written by this sweep before (a resume): one configuration per experiment
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(str(experiment), filename_suffix=CONFIG_SUFFIX)
-        writer.file_writer.add_summary(config_summary(self.domains))
+        writer = EventWriter(str(experiment), filename_suffix=CONFIG_SUFFIX)
+        writer.add_summary(config_summary(self.domains))
         writer.close()
+
+
+class EventWriter:
+    """An events file, written through TensorBoard's own writer: the one ``torch.utils.tensorboard.SummaryWriter``
+    wraps, with the same file names and records. Importing that wrapper imports torch, 1.5 s of the driver's one
+    thread as Tune starts the first trials (the board opens its files then), and each trial's ``train()`` waited
+    for it."""
+
+    def __init__(self, folder: str, filename_suffix: str = ""):
+        from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+        self._file = EventFileWriter(folder, filename_suffix=filename_suffix)
+
+    def add_summary(self, summary, step: Optional[int] = None) -> None:
+        from tensorboard.compat.proto.event_pb2 import Event
+
+        event = Event(summary=summary, wall_time=time.time())
+        if step is not None:
+            event.step = int(step)
+        self._file.add_event(event)
+
+    def add_scalar(self, tag: str, value: float, global_step: int) -> None:
+        from tensorboard.compat.proto.summary_pb2 import Summary
+
+        self.add_summary(Summary(value=[Summary.Value(tag=tag, simple_value=float(value))]), global_step)
+
+    def flush(self) -> None:
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def logdir(trial) -> str:

@@ -2,6 +2,8 @@
 taken out, so each epoch shows once (read back through TensorBoard's own loader)."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,14 @@ def test_a_collapsed_or_diverged_trial_is_a_failed_session_with_its_outcome():
         assert data[0].session_start_info.hparams["outcome"].string_value == status
         assert data[1].session_end_info.status == ended
     assert "collapsed" in doms["outcome"][1]  # a value to filter on in TensorBoard
+
+
+def test_the_board_writes_events_tensorboard_reads_without_importing_torch(tmp_path):
+    """The driver opens a trial's events file as Tune starts the trial: importing torch there (torch's SummaryWriter,
+    1.5 s of the driver's one thread) held back every first trial's first step."""
+    code = ("import sys; from segtune.board import EventWriter; w = EventWriter(sys.argv[1]); "
+            "w.add_scalar('val/iou', 0.5, global_step=3); w.close(); print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+    [point] = load(tmp_path).Scalars("val/iou")
+    assert (point.step, point.value) == (3, 0.5)
