@@ -13,7 +13,7 @@ from segcore.config import TrainConfig
 from segcore.device import channels_last_of
 from segcore.losses import IGNORE_INDEX, build_loss
 from segcore.metrics import BinarySegMetrics
-from segcore.metrics_names import LEARNING_RATE, TRAIN_LOSS, stage_metric
+from segcore.metrics_names import LEARNING_RATE, TRAIN_LOSS, VAL_PREDICTIONS_IMAGES, stage_metric
 from segcore.optim import build_optimizer, build_scheduler
 from segcore.weights import create_model
 
@@ -118,7 +118,7 @@ class SegmentationModule(pl.LightningModule):
             self.log(stage_metric(stage, "loss"), loss, on_epoch=True, batch_size=batch_size, sync_dist=True)
             self._eval_loss_sum = self._eval_loss_sum + loss.detach()  # a tensor: no host sync per step
             if stage == "val" and self.val_sample is None:
-                n = min(4, batch_size)
+                n = min(VAL_PREDICTIONS_IMAGES, batch_size)
                 self.val_sample = (images[:n].detach().cpu(), masks[:n].detach().cpu(),
                                    (logits[:n].detach() > 0).cpu())
         return loss

@@ -285,8 +285,7 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
                                                     checkpoint_score_order=SWEEP_MODE),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
             callbacks=[saved_state.CommittedState(), TrialBoard(job.space.searched, job.space.fixed, s.max_epochs),
-                       tune_callbacks.StopWhenSaved(), tune_callbacks.ImportForTheEnd(),
-                       tune_callbacks.Progress(s.max_epochs)],
+                       tune_callbacks.StopWhenSaved(), tune_callbacks.Progress(s.max_epochs)],
             verbose=ray_verbosity),
     )
 

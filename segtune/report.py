@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any, Optional
 
 from segcore.errors import UserError
-from segcore.metrics_names import EPOCH, SWEEP_METRIC
+from segcore.metrics_names import EPOCH, SWEEP_METRIC, VAL_PREDICTIONS_IMAGES
 from segtune import naming
 from segtune.results import STATUSES, STOPPED, finite, trial_status
 from segtune.settings import read_settings
-from segtune.storage import CHECKPOINT_FILE, REPORT_FILE, SPACE_FILE, TEST_METRICS_FILE
+from segtune.storage import CHECKPOINT_FILE, PREDICTIONS_FILE, REPORT_FILE, SPACE_FILE, TEST_METRICS_FILE
 
 # all match storage.REPORT_PLOTS, so a sweep stored at a URI uploads them with report.md
 CURVES_PNG, BEST_SO_FAR_PNG = "report_val_iou.png", "report_best_so_far.png"
 IMPORTANCES_PNG, PREDICTIONS_PNG = "report_importances.png", "report_predictions.png"
-SAMPLES_SHOWN = 6
 
 
 @dataclass
@@ -266,9 +265,30 @@ def checkpoint_of(trial: TrialRecord, row: dict[str, Any]) -> Optional[Path]:
 
 def predictions_grid(checkpoint: Path, data_dir: str, out: Path) -> str:
     """Image | truth | prediction rows for the first validation images of the best trial's split. Returns what
-    was shown, or raises UserError when the data is not there."""
-    import torch
+    was shown, or raises UserError when the data is not there.
+
+    The trial saved these rows beside the checkpoint as it wrote it (``PREDICTIONS_FILE``): shown as they are, so
+    the driver never imports torch, Lightning or SMP (4-5 s of a core, taken from the trials on a small machine).
+    A checkpoint without them (written before that file existed) is run here on the data."""
+    import numpy as np
     from PIL import Image
+
+    saved = checkpoint.parent / PREDICTIONS_FILE
+    if saved.is_file():
+        pixels = np.load(saved)
+        size = (pixels.shape[1] - 2) // 3 - 2  # torchvision's make_grid: 3 columns of square images, 2 px apart
+        n = (pixels.shape[0] - 2) // (size + 2)
+    else:
+        pixels, n, size = run_best_model(checkpoint, data_dir)
+    grid = Image.fromarray(pixels)
+    scale = max(1, 600 // grid.width)  # small training sizes: enlarged (nearest, pixels kept) to be seen
+    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(out)
+    return f"{n} validation images at {size}px"
+
+
+def run_best_model(checkpoint: Path, data_dir: str):
+    """(grid pixels, images, image size): the checkpoint's predictions on the first validation images."""
+    import torch
 
     from segcore.callbacks import comparison_grid
     from segcore.data import PetsDataModule
@@ -278,14 +298,11 @@ def predictions_grid(checkpoint: Path, data_dir: str, out: Path) -> str:
     cfg = module.cfg.replace(data_dir=data_dir, num_workers=0)
     datamodule = PetsDataModule(cfg)
     datamodule.setup("validate")
-    n = min(SAMPLES_SHOWN, len(datamodule.val_set))
+    n = min(VAL_PREDICTIONS_IMAGES, len(datamodule.val_set))
     batch = datamodule.val_set.__getitems__(list(range(n)))
     with torch.inference_mode():
         pred = (module(batch["image"]).sigmoid() > 0.5).to(torch.uint8)
-    grid = Image.fromarray(comparison_grid(batch["image"], batch["mask"], pred).permute(1, 2, 0).numpy())
-    scale = max(1, 600 // grid.width)  # small training sizes: enlarged (nearest, pixels kept) to be seen
-    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(out)
-    return f"{n} validation images at {cfg.image_size}px"
+    return comparison_grid(batch["image"], batch["mask"], pred).permute(1, 2, 0).numpy(), n, cfg.image_size
 
 
 # ----- the report -----------------------------------------------------------------------------------------------

@@ -29,6 +29,9 @@ DRIVER_FILES = (TRIALS_CSV, BEST_CONFIG_FILE, SUMMARY_FILE, SETTINGS_FILE, SPACE
                 REPORT_FILE)
 # and the trials write this into each of their checkpoint folders
 CHECKPOINT_FILE = "checkpoint.ckpt"
+# beside it, when the epoch improved val/iou: image | truth | prediction of the first validation images (uint8
+# H x W x 3, numpy), the report's figure of the best weights without running them in the driver
+PREDICTIONS_FILE = "val_predictions.npy"
 # Query options of pyarrow's filesystems that carry secrets. A URI holding one would reach Ray's logs and its
 # pickled experiment state, so it is refused: credentials come from the environment or an instance role.
 SECRET_QUERY_KEYS = {"access_key", "secret_key", "session_token", "access_token", "account_key", "sas_token",

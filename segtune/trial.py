@@ -15,6 +15,7 @@ import tempfile
 import time
 from typing import Any, Callable, Optional
 
+import numpy as np
 import pytorch_lightning as pl
 import ray
 import torch
@@ -40,7 +41,7 @@ from segtune import checkpoint_policy as policies
 from segtune.checkpoint_policy import FULL, WEIGHTS, CheckpointClock, CheckpointPolicy
 from segtune.cluster import LOGICAL_GPUS_ON_CPU
 from segtune.spaces import trial_config
-from segtune.storage import CHECKPOINT_FILE
+from segtune.storage import CHECKPOINT_FILE, PREDICTIONS_FILE
 
 
 def placement(world_size: int) -> dict[str, Any]:
@@ -101,8 +102,10 @@ class ReportEachEpoch(pl.Callback):
         if hasattr(pl_module, "step_losses"):
             metrics[TRAIN_LOSS_STEP] = pl_module.step_losses()  # one host sync for the epoch's steps
         sample = getattr(pl_module, "val_sample", None)
+        grid = None
         if sample is not None and trainer.global_rank == 0:  # the first validation images, the same every epoch
-            metrics[VAL_PREDICTIONS] = encoded_grid(comparison_grid(*sample))
+            grid = comparison_grid(*sample)
+            metrics[VAL_PREDICTIONS] = encoded_grid(grid)
         epoch = trainer.current_epoch + 1
         metrics.update(self.extra, **{EPOCH: epoch})
         value = metrics.get(SWEEP_METRIC, math.nan)
@@ -120,6 +123,8 @@ class ReportEachEpoch(pl.Callback):
             if kind == FULL:
                 self.full_epoch = epoch
             policies.write_meta(folder, kind, epoch, self.full_epoch, self.best)
+            if improved and grid is not None:  # the report shows the best weights' predictions from this file
+                np.save(os.path.join(folder, PREDICTIONS_FILE), grid.permute(1, 2, 0).numpy())
             nbytes = os.path.getsize(path) if trainer.global_rank == 0 else 0
             metrics.update({policies.KIND_KEY: kind, policies.BYTES_KEY: nbytes})
             checkpoint = self.checkpoint_cls.from_directory(folder) if trainer.global_rank == 0 else None

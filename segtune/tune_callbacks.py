@@ -3,7 +3,6 @@ own: what they need of this process (its ``Interrupts``) they read from ``segtun
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from typing import Optional
 
@@ -36,30 +35,6 @@ class StopWhenSaved(tune.Callback):
     def on_experiment_end(self, trials: list, **info) -> None:
         if interrupts.ACTIVE is not None:
             interrupts.ACTIVE.tune_running = False
-
-
-class ImportForTheEnd(tune.Callback):
-    """The driver imports neither torch, Lightning nor SMP before its trials start (segtune.driver), but the sweep's
-    end needs them in the driver (the report's predictions figure runs the best model): imported then, they added 1-5 s
-    to the tail. Once the first result has come (the trials are past their own imports), a thread imports them beside
-    the trials' epochs, where they cost the trials a few seconds of one core spread over the whole sweep."""
-
-    _started = False  # the thread started, in this driver process
-
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        if self._started:
-            return
-        self._started = True
-        threading.Thread(target=_import_for_the_end, name="import-for-the-end", daemon=True).start()
-
-
-def _import_for_the_end() -> None:
-    try:
-        import segcore.callbacks  # noqa: F401
-        import segcore.data  # noqa: F401
-        import segcore.model  # noqa: F401
-    except Exception:  # noqa: BLE001 - the report imports them again, and says what is wrong there
-        pass
 
 
 SHOW_PROGRESS = True  # set by tune_main for this run: False with --verbose (Ray's own tables then)

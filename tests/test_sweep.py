@@ -174,7 +174,7 @@ def test_tensorboard_compares_trials_by_their_metrics_domains_and_outcomes(sweep
         from PIL import Image
 
         with Image.open(io.BytesIO(images[-1].encoded_image_string)) as grid:
-            assert grid.format == "JPEG" and abs(grid.width / grid.height - 3 / 4) < 0.1  # 3 columns x 4 images
+            assert grid.format == "JPEG" and abs(grid.width / grid.height - 3 / 5) < 0.05  # 3 columns x 5 images
         assert acc.Scalars(BEST)[-1].value == pytest.approx(float(row[f"best_{SWEEP_METRIC}"]),
                                                                           abs=1e-5)
         # one session per trial: its values, its outcome as in trials.csv, how it ended
@@ -361,6 +361,38 @@ def test_report_plots_every_trial_and_its_numbers_are_the_trials(sweep):
     importances = {name: float(value) for name, value in table(report, "Parameter importances")}
     searched = {k.removeprefix("param.") for k in read_trials(experiment)[0] if k.startswith("param.")}
     assert importances and set(importances) <= searched and sum(importances.values()) == pytest.approx(1, abs=1e-3)
+
+
+def test_report_shows_the_best_checkpoints_predictions_without_importing_torch(sweep, tmp_path):
+    """The best trial saved its validation predictions beside its checkpoint; the report shows them as they are, so
+    the driver imports neither torch, Lightning nor SMP. They are what the checkpoint predicts."""
+    import shutil
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from segtune.report import run_best_model
+    from segtune.storage import PREDICTIONS_FILE
+
+    experiment, _ = sweep
+    checkpoint = Path(json.loads((experiment / "summary.json").read_text())["best_checkpoint"])
+    saved = np.load(checkpoint.parent / PREDICTIONS_FILE)
+    pixels, n, size = run_best_model(checkpoint, str(experiment.parent.parent / "data"))
+    assert (n, size) == (5, 64) and pixels.shape == saved.shape == (n * (size + 2) + 2, 3 * (size + 2) + 2, 3)
+    assert (pixels != saved).any(axis=2).mean() < 0.005  # a few pixels at the threshold at most (batch of 16 or 5)
+    copy = tmp_path / "e2e"
+    shutil.copytree(experiment, copy, ignore=shutil.ignore_patterns("report*"))
+    code = ("import sys; from pathlib import Path; from segtune.report import build_report; "
+            "build_report(Path(sys.argv[1])); print(sorted(m for m in ('torch', 'pytorch_lightning', "
+            "'segmentation_models_pytorch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code, str(copy)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip().splitlines()[-1] == "[]", out.stderr[-3000:]
+    shown = np.asarray(Image.open(copy / "report_predictions.png").convert("RGB"))
+    scale = shown.shape[1] // saved.shape[1]
+    assert scale >= 2 and (shown[::scale, ::scale] == saved).all()  # the saved grid, enlarged pixel for pixel
+    assert f"{n} validation images at {size}px" in (copy / "report.md").read_text()
 
 
 def test_report_rebuilds_from_an_interrupted_experiment(sweep, tmp_path):
