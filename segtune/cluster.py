@@ -56,8 +56,11 @@ def connect(address: Optional[str], trial_env: dict[str, str], dashboard: bool =
         # "local": a new instance even if RAY_ADDRESS points at a cluster (joining one is what --address is for).
         # (Tune 2.60 gives every trial actor a runtime_env of its own, so trials start in new worker processes
         # whether or not the job has one.)
+        # No worker processes prestarted for the driver: Ray starts them with no runtime_env, so no trial, nor the
+        # final test (both run with one), can use them; on a small machine their start took a core for a second
+        # and made ray.init itself ~0.7 s longer (bench/ray_start.py).
         ray.init(address="local", runtime_env={"env_vars": trial_env}, logging_level=logging.WARNING,
-                 include_dashboard=dashboard)
+                 include_dashboard=dashboard, _system_config={"prestart_worker_first_driver": False})
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     return Cluster(resources=dict(ray.cluster_resources()), node_ids=[n["NodeID"] for n in nodes],
                    node_cpus=[n["Resources"].get("CPU", 0.0) for n in nodes],

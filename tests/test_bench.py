@@ -116,3 +116,13 @@ def test_quick_startup_ab_runs_both_checkouts_and_writes_json(tmp_path):
     # the baseline's worktree is gone again
     worktrees = subprocess.run(["git", "worktree", "list"], cwd=REPO, capture_output=True, text=True).stdout
     assert "startup-ab-" not in worktrees
+
+
+@pytest.mark.slow
+def test_quick_ray_start_times_both_ways_and_writes_json(tmp_path):
+    stdout, fig = run_quick("-m bench.ray_start", tmp_path)
+    assert "prestarted / none" in stdout
+    assert set(fig["runs"]) == {"prestarted", "none prestarted"} and fig["rounds"] == 1
+    for way, [run] in fig["runs"].items():  # two actors ready after ray.init returned
+        assert 0 < run["init_s"] < run["actors_s"], (way, run)
+        assert fig["medians"][way] == {k: round(v, 2) for k, v in run.items()}

@@ -191,3 +191,63 @@ def test_asset_step_needs_no_network_when_assets_are_present(fake_hf_cache, pets
                    env={"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "weights resnet18: imagenet" in proc.stdout and "dry run: nothing started" in proc.stdout
+
+
+PRESTART_PROBE = """
+import os, time
+
+import ray
+
+from segtune import cluster
+
+
+def parent(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def workers():  # Ray's Python workers: children of the raylet this process started (named ray::IDLE, ray::Trial)
+    found = []
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                command = f.read()
+            if parent(parent(pid)) == os.getpid() and (b"default_worker.py" in command or (
+                    command.startswith(b"ray::") and b"Agent" not in command)):
+                found.append(pid)
+        except (OSError, ValueError):  # gone meanwhile
+            pass
+    return len(found)
+
+
+cluster.connect(None, {"SEGSWEEP_WORKER": "1"})
+time.sleep(3)  # Ray prestarts as the driver registers
+idle = workers()
+
+
+@ray.remote(num_cpus=1, runtime_env={"env_vars": {"PL_DISABLE_FORK": "1"}})
+class Trial:
+    def ready(self):
+        return True
+
+
+trial = Trial.remote()
+ray.get(trial.ready.remote())
+print(idle, workers())
+ray.shutdown()
+"""
+
+
+def test_a_local_ray_prestarts_no_worker_that_nothing_could_use():
+    """Ray prestarts a worker per CPU for its first driver, with no runtime_env: no trial (Tune gives each actor one)
+    and no final test (it has the job's) runs in one, and their start slowed the sweep's. The sweep's Ray starts none;
+    a trial then starts its own process."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run([sys.executable, "-c", PRESTART_PROBE], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split() == ["0", "1"]
