@@ -9,7 +9,7 @@ from pytorch_lightning.loggers import TensorBoardLogger
 from torch.utils.tensorboard.summary import hparams
 from torchvision.utils import make_grid
 
-from segcore.metrics_names import EVAL_METRICS, SWEEP_METRIC, VAL_PREDICTIONS, stage_metric
+from segcore.metrics_names import EVAL_METRICS, SWEEP_METRIC, VAL_PREDICTIONS, VAL_PREDICTIONS_PADDING, stage_metric
 
 
 def tensorboard_of(trainer: pl.Trainer):
@@ -63,7 +63,7 @@ def comparison_grid(images: torch.Tensor, truth: torch.Tensor, pred: torch.Tenso
         img = images[i:i + 1]
         rows += [img, overlay(img, truth[i:i + 1], (0, 200, 0)), overlay(img, pred[i:i + 1].to(torch.uint8),
                                                                           (220, 0, 0))]
-    return make_grid(torch.cat(rows), nrow=3, padding=2, pad_value=255)
+    return make_grid(torch.cat(rows), nrow=3, padding=VAL_PREDICTIONS_PADDING, pad_value=255)
 
 
 def encoded_grid(grid: torch.Tensor, tile: int = 128, quality: int = 85) -> str:

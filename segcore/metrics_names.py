@@ -7,6 +7,7 @@ TRAIN_LOSS = "train/loss"
 TRAIN_LOSS_STEP = "train/loss_step"  # each training step's loss, read once per epoch (as Lightning names it)
 VAL_PREDICTIONS = "val/predictions"  # image | truth | prediction of the first validation images
 VAL_PREDICTIONS_IMAGES = 6  # how many (at most: the first validation batch's)
+VAL_PREDICTIONS_PADDING = 2  # pixels around each image of its grid (3 columns: image | truth | prediction)
 LEARNING_RATE = "lr"
 EPOCH = "epoch"  # epochs completed, reported with every sweep result: ASHA's rungs and Optuna's steps count it
 DEVICE_SETUP = "device_setup"  # a sweep trial's device line (segcore.build.describe_device), with its results

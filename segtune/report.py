@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from segcore.errors import UserError
-from segcore.metrics_names import EPOCH, SWEEP_METRIC, VAL_PREDICTIONS_IMAGES
+from segcore.metrics_names import EPOCH, SWEEP_METRIC, VAL_PREDICTIONS_IMAGES, VAL_PREDICTIONS_PADDING
 from segtune import naming
 from segtune.results import STATUSES, STOPPED, finite, trial_status
 from segtune.settings import read_settings
@@ -269,17 +269,17 @@ def predictions_grid(checkpoint: Path, data_dir: str, out: Path) -> str:
 
     The trial saved these rows beside the checkpoint as it wrote it (``PREDICTIONS_FILE``): shown as they are, so
     the driver never imports torch, Lightning or SMP (4-5 s of a core, taken from the trials on a small machine).
-    A checkpoint without them (written before that file existed) is run here on the data."""
+    A checkpoint without them (written before that file existed), or with them unreadable, is run here on the data."""
     import numpy as np
     from PIL import Image
 
-    saved = checkpoint.parent / PREDICTIONS_FILE
-    if saved.is_file():
-        pixels = np.load(saved)
-        size = (pixels.shape[1] - 2) // 3 - 2  # torchvision's make_grid: 3 columns of square images, 2 px apart
-        n = (pixels.shape[0] - 2) // (size + 2)
-    else:
+    try:
+        pixels = np.load(checkpoint.parent / PREDICTIONS_FILE)
+    except (OSError, ValueError, EOFError):  # not there, or not a whole array
         pixels, n, size = run_best_model(checkpoint, data_dir)
+    else:  # comparison_grid's layout: 3 columns of square images, VAL_PREDICTIONS_PADDING apart
+        size = (pixels.shape[1] - VAL_PREDICTIONS_PADDING) // 3 - VAL_PREDICTIONS_PADDING
+        n = (pixels.shape[0] - VAL_PREDICTIONS_PADDING) // (size + VAL_PREDICTIONS_PADDING)
     grid = Image.fromarray(pixels)
     scale = max(1, 600 // grid.width)  # small training sizes: enlarged (nearest, pixels kept) to be seen
     grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(out)

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import RAN_TO_END, SMALL_ENCODER, run_cli
+from conftest import RAN_TO_END, REPO, SMALL_ENCODER, run_cli
 from segcore.errors import UserError
 from segtune import cluster
 
@@ -242,11 +244,6 @@ def test_a_local_ray_prestarts_no_worker_that_nothing_could_use():
     """Ray prestarts a worker per CPU for its first driver, with no runtime_env: no trial (Tune gives each actor one)
     and no final test (it has the job's) runs in one, and their start slowed the sweep's. The sweep's Ray starts none;
     a trial then starts its own process."""
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
     proc = subprocess.run([sys.executable, "-c", PRESTART_PROBE], cwd=REPO, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -393,6 +393,14 @@ def test_report_shows_the_best_checkpoints_predictions_without_importing_torch(s
     scale = shown.shape[1] // saved.shape[1]
     assert scale >= 2 and (shown[::scale, ::scale] == saved).all()  # the saved grid, enlarged pixel for pixel
     assert f"{n} validation images at {size}px" in (copy / "report.md").read_text()
+    # cut short (a kill while it was copied): the checkpoint is run instead, and shows what it predicts
+    from segtune.report import build_report
+
+    saved_copy = copy / checkpoint.relative_to(experiment).parent / PREDICTIONS_FILE
+    saved_copy.write_bytes(saved_copy.read_bytes()[:100])
+    build_report(copy)
+    shown = np.asarray(Image.open(copy / "report_predictions.png").convert("RGB"))
+    assert (shown[::scale, ::scale] == pixels).all()
 
 
 def test_report_rebuilds_from_an_interrupted_experiment(sweep, tmp_path):
