@@ -50,9 +50,14 @@ def test_quick_sweep_efficiency_runs_and_writes_json(tmp_path):
     assert "wall / floor =" in stdout
     assert (fig["configs"], fig["epochs"], fig["image_size"]) == (4, 1, 64)
     assert fig["bare_total_s"] > 0 and fig["floor_s"] == pytest.approx(fig["bare_total_s"] / fig["cores"], abs=0.01)
+    # the floor again with the trials' allocator settings, in a process of its own
+    assert fig["floor_trials_allocator_s"] == pytest.approx(fig["bare_total_trials_allocator_s"] / fig["cores"],
+                                                            abs=0.01) and fig["bare_total_trials_allocator_s"] > 0
     assert set(fig["runs"]) == {"1", "auto"}
     for run in fig["runs"].values():
         assert run["wall_over_floor"] == pytest.approx(run["wall_s"] / fig["floor_s"], rel=0.01)  # both rounded
+        assert run["wall_over_floor_trials_allocator"] == pytest.approx(run["wall_s"] / fig["floor_trials_allocator_s"],
+                                                                        rel=0.01)
         # start-up and tail lie inside the sweep's wall time: the trial spans were read from the real result.json
         assert 0 < run["startup_s"] and 0 <= run["tail_s"] and run["startup_s"] + run["tail_s"] < run["wall_s"]
         assert run["trials_total_s"] > 0 and run["epochs"] == 4
@@ -126,3 +131,17 @@ def test_quick_ray_start_times_both_ways_and_writes_json(tmp_path):
     for way, [run] in fig["runs"].items():  # two actors ready after ray.init returned
         assert 0 < run["init_s"] < run["actors_s"], (way, run)
         assert fig["medians"][way] == {k: round(v, 2) for k, v in run.items()}
+
+
+@pytest.mark.slow
+def test_quick_side_by_side_times_each_config_alone_and_together(tmp_path):
+    stdout, fig = run_quick("-m bench.side_by_side", tmp_path)
+    assert "together / alone" in stdout and fig["configs"] == [0, 1] and fig["rounds"] == 1
+    for way in ("alone", "together"):
+        [run] = fig["runs"][way]
+        assert set(run) == {"0", "1"}
+        for probe in run.values():  # each process timed its own steps and read its own counters
+            assert probe["steps_s"] > 0 and probe["minflt"] > 0 and probe["user_s"] > 0, (way, probe)
+    for i in ("0", "1"):
+        assert fig["ratio"][i] == round(fig["runs"]["together"][0][i]["steps_s"] /
+                                        fig["runs"]["alone"][0][i]["steps_s"], 3)
