@@ -143,14 +143,14 @@ def write_trials_csv(rows: list[TrialRow], searched_keys: list[str], path: Path)
             writer.writerow(row.as_csv(searched_keys))
 
 
-_better = max if SWEEP_MODE == "max" else min  # of several val/iou, the best
+better = max if SWEEP_MODE == "max" else min  # of several val/iou, the best
 
 
 def best_value(result) -> Optional[float]:
     """The best finite ``val/iou`` of a trial's result rows (its result.json), or None."""
     df = result.metrics_dataframe
     values = [] if df is None or SWEEP_METRIC not in df else [finite(v) for v in df[SWEEP_METRIC]]
-    return _better((v for v in values if v is not None), default=None)
+    return better((v for v in values if v is not None), default=None)
 
 
 def best_trial(result_grid):
@@ -158,7 +158,7 @@ def best_trial(result_grid):
     trials' result rows, as trials.csv is: not ``ResultGrid.get_best_result``, which reads Tune's analysis of each
     trial, and after a kill and a resume that still holds the results of epochs that were lost and run again."""
     scored = [(value, result) for result in result_grid if (value := best_value(result)) is not None]
-    return _better(scored, key=lambda pair: pair[0], default=(None, None))[1]
+    return better(scored, key=lambda pair: pair[0], default=(None, None))[1]
 
 
 def best_checkpoint(best):

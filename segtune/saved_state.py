@@ -42,7 +42,7 @@ from segcore.errors import UserError
 from segcore.metrics_names import SWEEP_METRIC
 from segtune import naming
 from segtune.checkpoint_policy import FULL, KIND_KEY
-from segtune.results import finite
+from segtune.results import better, finite
 from segtune.storage import DRIVER_FILES
 
 STATE_DIR = "resume_state"
@@ -158,6 +158,27 @@ def _announce(counts: dict[str, int], ids: Optional[dict[str, str]] = None) -> N
         _after_commit(_committed_counts)
 
 
+_counting: Optional["CommittedState"] = None  # this process's, once Tune has set it up: what best_counted reads
+
+
+def best_counted(trial) -> Optional[float]:
+    """The best ``val/iou`` of ``trial``'s rows that count: committed, or reported in this run and not lost since,
+    as the summary and trials.csv will read them. Not Tune's ``trial.metric_analysis``: a trial restarted from its
+    last full state (--max-failures in this run, or --resume after a kill) reports the epochs after that state again,
+    and Tune's analysis keeps the values of the first, lost, run of them too. None before a finite value."""
+    if _counting is None:
+        return None
+    folder = PurePosixPath(trial.path).name
+    values = [v for v in (_counting._best.get(folder), _counting._best_awaiting.get(folder)) if v is not None]
+    return better(values, default=None)
+
+
+def _best_of(rows: list[str], best: Optional[float] = None) -> Optional[float]:
+    """The best finite ``val/iou`` of result rows (JSON strings) and ``best``."""
+    values = [finite(json.loads(r).get(SWEEP_METRIC)) for r in rows] + [best]
+    return better((v for v in values if v is not None), default=None)
+
+
 EXPERIMENT: Optional[str] = None  # this run's experiment folder or URI, set by tune_main (Tune pickles callbacks
 # with the experiment, and a resumed experiment may have moved since)
 
@@ -191,8 +212,15 @@ class CommittedState(tune.Callback):
         # trial folder -> Tune trial id (commits of sweeps from before trials had numbers: in the folder's name)
         self._ids = {trial: entry["trial_id"] for trial, entry in committed.items() if "trial_id" in entry}
         self._checkpoints = {trial: entry.get("checkpoints", []) for trial, entry in committed.items()}
-        global _committed_counts
+        # trial folder -> best val/iou of its rows committed or released to the next commit (resumed: of the rows
+        # restore() kept), and of its rows still waiting for a full state, lost if the trial restarts before it
+        self._best = {trial: best for trial in committed
+                      if (best := _best_of(parse_rows(_read(self._fs, _join(self._path, trial, RESULT_FILE)))))
+                      is not None}
+        self._best_awaiting: dict[str, float] = {}
+        global _committed_counts, _counting
         _committed_counts = None  # nothing of another experiment run in this process
+        _counting = self
         if numbers:
             _announce(self._counts, self._ids)
 
@@ -227,6 +255,7 @@ class CommittedState(tune.Callback):
     def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
         # restarted (--max-failures) from its last registered checkpoint: the epochs after it run and report again
         self._awaiting.pop(self._trial_folder(trial), None)
+        self._best_awaiting.pop(self._trial_folder(trial), None)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         from ray.tune.utils.util import SafeFallbackEncoder
@@ -234,7 +263,11 @@ class CommittedState(tune.Callback):
         # A row waits for a full state at or after its epoch (or its trial's end): committed before, a kill would
         # make the resumed trial run that epoch again. (Tune also registers a reported checkpoint in a later event,
         # and may save its state in between.)
-        self._awaiting.setdefault(self._trial_folder(trial), []).append(json.dumps(result, cls=SafeFallbackEncoder))
+        folder = self._trial_folder(trial)
+        self._awaiting.setdefault(folder, []).append(json.dumps(result, cls=SafeFallbackEncoder))
+        value = finite(result.get(SWEEP_METRIC))
+        if value is not None:
+            self._best_awaiting[folder] = better(value, self._best_awaiting.get(folder, value))
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
         result = trial.last_result or {}
@@ -246,9 +279,13 @@ class CommittedState(tune.Callback):
             self._release(trial)
 
     def _release(self, trial) -> None:
-        rows = self._awaiting.pop(self._trial_folder(trial), [])
+        folder = self._trial_folder(trial)
+        rows = self._awaiting.pop(folder, [])
         if rows:
-            self._pending.setdefault(self._trial_folder(trial), []).extend(rows)
+            self._pending.setdefault(folder, []).extend(rows)
+        awaiting = self._best_awaiting.pop(folder, None)
+        if awaiting is not None:
+            self._best[folder] = better(awaiting, self._best.get(folder, awaiting))
 
     def get_state(self) -> None:
         """Tune calls this after writing its other state files to the staging folder: commit them now, if anything

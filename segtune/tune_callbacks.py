@@ -9,8 +9,8 @@ from typing import Optional
 from ray import tune
 
 from segcore.metrics_names import DEVICE_SETUP, SWEEP_METRIC
-from segtune import interrupts
-from segtune.results import STATUSES, UNFINISHED, finite, trial_status
+from segtune import interrupts, saved_state
+from segtune.results import STATUSES, UNFINISHED, trial_status
 
 
 class StopWhenSaved(tune.Callback):
@@ -42,7 +42,8 @@ SHOW_PROGRESS = True  # set by tune_main for this run: False with --verbose (Ray
 
 class Progress(tune.Callback):
     """A compact live status, one line: trials running / finished / stopped early / diverged / errored, the best
-    val/iou so far and its trial, time since this run started. Printed when it changes (at most every
+    val/iou so far (of the results that count, as the summary's: segtune.saved_state.best_counted) and its trial,
+    time since this run started. Printed when it changes (at most every
     ``min_gap_s``) and at least every ``heartbeat_s``, as plain lines, so it reads the same in a terminal and in a
     batch job's log."""
 
@@ -65,7 +66,7 @@ class Progress(tune.Callback):
             else:  # TERMINATED or ERROR
                 counts[trial_status(trial.last_result or {}, self.max_epochs, errored=trial.status == "ERROR",
                                     ended=trial.status == "TERMINATED")] += 1
-            value = finite(((getattr(trial, "metric_analysis", {}) or {}).get(SWEEP_METRIC) or {}).get("max"))
+            value = saved_state.best_counted(trial)  # as the summary will count it, not Tune's metric_analysis
             if value is not None and (best is None or value > best):
                 best, best_trial = value, trial
         total = f"/{self._total}" if self._total else ""

@@ -223,3 +223,61 @@ def check_commits(exp: Path, grid) -> None:
         assert json.loads((folder / "params.json").read_text()) == result.config
         assert not (folder / "progress.csv").exists()  # Tune's own CSV and JSON loggers are off
         assert result.metrics_dataframe["epoch"].tolist() == [1, 2, 3, 4, 5]  # Tune reads our result.json back
+
+
+def test_progress_line_best_counts_only_rows_not_lost_to_a_restart(tmp_path, monkeypatch, capsys):
+    """A trial that fails after reporting an epoch with no full state behind it restarts from its last full state
+    and runs that epoch again: the first run's value is lost (the summary never sees it), yet Tune's
+    metric_analysis keeps it. The Progress line's best is the summary's, in this run and in a resumed one."""
+    import ray
+    from ray import tune
+
+    from segtune import tune_callbacks
+    from segtune.checkpoint_policy import FULL, KIND_KEY, write_meta
+
+    monkeypatch.setenv("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
+    monkeypatch.setattr(saved_state, "EXPERIMENT", str(tmp_path / "exp"))
+    monkeypatch.setattr(tune_callbacks, "SHOW_PROGRESS", True)
+    failed_once = tmp_path / "failed-once"
+
+    def trainable(config):
+        import tempfile
+
+        restored = tune.get_checkpoint()
+        start = 2 if restored is not None else 1
+        for epoch in range(start, 4):
+            if epoch == 1:  # a full state: the restart continues after it
+                with tempfile.TemporaryDirectory() as folder:
+                    write_meta(folder, FULL, 1, 1, 1.0)
+                    tune.report({"epoch": 1, "val/iou": 0.1, KIND_KEY: FULL},
+                                checkpoint=tune.Checkpoint.from_directory(folder))
+                continue
+            first_run = not failed_once.exists()
+            tune.report({"epoch": epoch, "val/iou": 0.9 if first_run else 0.5 + epoch / 100})
+            if first_run:  # tune.report returned: Tune has asked for the next result, so it has this row
+                failed_once.touch()
+                raise RuntimeError("fails once, after epoch 2's row")
+
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="ERROR")
+    try:
+        progress = tune_callbacks.Progress(max_epochs=3)
+        tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(trial_dirname_creator=saved_state.trial_dirname),
+                           run_config=tune.RunConfig(name="exp", storage_path=str(tmp_path), verbose=0,
+                                                     failure_config=tune.FailureConfig(max_failures=1),
+                                                     callbacks=[saved_state.CommittedState(), progress]))
+        result = tuner.fit()[0]
+    finally:
+        ray.shutdown()
+    assert failed_once.exists() and result.error is None
+    rows = parse_rows((Path(result.path) / "result.json").read_bytes())
+    assert [json.loads(r)["val/iou"] for r in rows] == [0.1, 0.52, 0.53]  # epoch 2's first run is lost
+    # the scenario under test: Tune's own analysis still holds the lost value
+    state = json.loads(next((tmp_path / "exp").glob("experiment_state-*.json")).read_text())
+    assert json.loads(state["trial_data"][0][1])["metric_analysis"]["val/iou"]["max"] == 0.9
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "1/1 trials: 1 completed | best val/iou 0.5300 (" in last_line, last_line
+
+    # a resumed run counts the committed rows (restore() has cut result.json back to them), not Tune's analysis
+    saved_state.CommittedState().setup()
+    assert saved_state.best_counted(result) == 0.53
