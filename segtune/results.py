@@ -125,7 +125,7 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
         name = Path(result.path).name
         rows.append(TrialRow(
             number=naming.number_of(name), name=name, trial_id=metrics.get("trial_id") or name, status=status,
-            params={k: result.config.get(k) for k in searched_keys},
+            params={k: config_of(result).get(k) for k in searched_keys},
             last=finite(metrics.get(SWEEP_METRIC)), best=best_value(result), epochs=epochs,
             wall_time_s=float(metrics.get("time_total_s") or 0.0), hostname=str(metrics.get("hostname", "")),
             node_ip=str(metrics.get("node_ip", "")), node_id=str(metrics.get("node_id", "")),
@@ -133,6 +133,18 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
             world_size=int(metrics.get("world_size") or 0),
             path=str(result.path), error=error))
     return sorted(rows, key=lambda r: (r.number is None, r.number or 0, r.trial_id))
+
+
+def config_of(result) -> dict[str, Any]:
+    """A trial's parameters. Tune's ``Result.config`` comes from the trial's last result: None for a trial that
+    reported nothing (launched just before a stop signal), whose params.json, written when it started, has them."""
+    if result.config is not None:
+        return result.config
+    try:
+        with result.filesystem.open_input_stream(f"{result.path}/params.json") as f:
+            return json.loads(f.readall())
+    except (OSError, ValueError):
+        return {}
 
 
 def write_trials_csv(rows: list[TrialRow], searched_keys: list[str], path: Path) -> None:

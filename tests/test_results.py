@@ -95,3 +95,21 @@ def test_the_best_trial_is_the_one_whose_kept_rows_hold_the_best_val_iou():
     assert best_trial(grid).path.endswith("002")
     assert [best_value(r) for r in grid] == [0.41, 0.30, 0.42, None]
     assert best_trial([result("004", [float("nan")])]) is None
+
+
+def test_a_trial_stopped_before_its_first_report_is_listed_unfinished_with_its_parameters(tmp_path):
+    """A stop signal can come after a trial started, before it reported: Tune's Result then has no config (it comes
+    from the last result); trials.csv takes the parameters from the params.json the trial wrote when it started."""
+    import json
+
+    from ray.tune import Result
+
+    from segtune.results import trial_rows
+
+    folder = tmp_path / "001-fpn-resnet18"
+    folder.mkdir()
+    (folder / "params.json").write_text(json.dumps({"lr": 0.01, "arch": "fpn"}))
+    unreported = Result(metrics={}, checkpoint=None, error=None, path=str(folder))
+    assert unreported.config is None  # what Tune gives: the parameters must come from the trial's folder
+    [row] = trial_rows([unreported], ["lr", "arch"], max_epochs=3)
+    assert (row.status, row.params, row.epochs, row.number) == (UNFINISHED, {"lr": 0.01, "arch": "fpn"}, 0, 1)
