@@ -29,6 +29,7 @@ from segcore.metrics_names import (
     VAL_PREDICTIONS,
     stage_metric,
 )
+from segtune import saved_state
 from segtune.results import (
     COLLAPSED,
     COMPLETED,
@@ -94,8 +95,9 @@ class TrialBoard(LoggerCallback):
 
     def log_trial_result(self, iteration: int, trial, result: dict) -> None:
         step = result.get(EPOCH)
-        if step is None or int(step) <= self._written.get(trial.trial_id, 0):
-            # a retried trial runs again the epochs after its last full state: their first points stand
+        if step is None or int(step) <= self._written.get(trial.trial_id, 0) or saved_state.replayed(trial, result):
+            # a retried trial (or an errored one resumed) runs again the epochs after its last full state: their
+            # first points stand, as their rows do
             return
         self._written[trial.trial_id] = int(step)
         steps = result.get(TRAIN_LOSS_STEP)

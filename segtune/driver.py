@@ -13,15 +13,18 @@
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
 import sys
+import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
+from segcore.cache import write_text_atomic
 from segcore.config import TrainConfig
 from segcore.decoded import DecodedSplit
 from segcore.errors import UserError
@@ -33,7 +36,7 @@ from segtune.interrupts import Interrupts
 from segtune.results import finished_sweep
 from segtune.settings import SweepSettings, auto_resume, resume_command, save_settings, settings_for
 from segtune.spaces import Space, load_space
-from segtune.storage import SPACE_FILE, Storage
+from segtune.storage import ENDED_FILE, SPACE_FILE, Storage
 from segtune.trainable import IN_SWEEP_WORKER
 
 if TYPE_CHECKING:  # segtune.assets imports torch: a local Ray starts before that (check_and_prepare)
@@ -256,9 +259,10 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
     # Tune's newer console output prints an experiment banner even at verbosity 0; its classic one is silent
     os.environ["RAY_AIR_NEW_OUTPUT"] = "1" if s.verbose else "0"
     if restore and tune.Tuner.can_restore(storage.ray_path_of_experiment):
-        # errored trials too: a trial killed with the job (preemption) errors, and continues from its checkpoint
+        # errored trials too, unless the sweep ended since (they are final then, FAIL in Optuna): a trial killed with
+        # the job (preemption) errors, and continues from its last full state
         tuner = tune.Tuner.restore(storage.ray_path_of_experiment, trainable=trainable, resume_unfinished=True,
-                                   resume_errored=True)
+                                   resume_errored=not (storage.local / ENDED_FILE).is_file())
         compat.set_restored_verbosity(tuner, ray_verbosity)
         return tuner
     # new, or stopped before Tune saved anything: start it (again) with its settings
@@ -301,8 +305,10 @@ def fit(tuner, job: Prepared, interrupts: Interrupts):
         print(f"stopped at once; continue from the last saved state with  {resume_command(job.settings, job.storage)}",
               file=sys.stderr, flush=True)
         return None
-    if job.settings.search == "optuna" and interrupts.received is None:
-        fail_running(job.storage.local, job.settings.name)  # errored trials: not resumed any more
+    if interrupts.received is None:  # errored trials: not resumed any more
+        write_text_atomic(job.storage.local / ENDED_FILE, json.dumps({"ended": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+        if job.settings.search == "optuna":
+            fail_running(job.storage.local, job.settings.name)
     return results
 
 

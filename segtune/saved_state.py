@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional
 from ray import tune
 
 from segcore.errors import UserError
-from segcore.metrics_names import SWEEP_METRIC
+from segcore.metrics_names import EPOCH, SWEEP_METRIC
 from segtune import naming
 from segtune.checkpoint_policy import FULL, KIND_KEY
 from segtune.results import better, finite
@@ -173,6 +173,15 @@ def best_counted(trial) -> Optional[float]:
     return better(values, default=None)
 
 
+def replayed(trial, result: dict) -> bool:
+    """Whether ``result`` (just handed to the callbacks) repeats an epoch whose row the trial already has: the
+    callbacks after CommittedState (the TensorBoard board) skip it as it does. Callbacks run in the order they are
+    given to Tune, CommittedState first."""
+    if _counting is None:
+        return False
+    return _counting._replayed.get(PurePosixPath(trial.path).name) == result.get(EPOCH)
+
+
 def _best_of(rows: list[str], best: Optional[float] = None) -> Optional[float]:
     """The best finite ``val/iou`` of result rows (JSON strings) and ``best``."""
     values = [finite(json.loads(r).get(SWEEP_METRIC)) for r in rows] + [best]
@@ -218,6 +227,7 @@ class CommittedState(tune.Callback):
                       if (best := _best_of(parse_rows(_read(self._fs, _join(self._path, trial, RESULT_FILE)))))
                       is not None}
         self._best_awaiting: dict[str, float] = {}
+        self._replayed: dict[str, int] = {}  # trial folder -> the epoch of its latest result, if that one was a replay
         global _committed_counts, _counting
         _committed_counts = None  # nothing of another experiment run in this process
         _counting = self
@@ -264,10 +274,22 @@ class CommittedState(tune.Callback):
         # make the resumed trial run that epoch again. (Tune also registers a reported checkpoint in a later event,
         # and may save its state in between.)
         folder = self._trial_folder(trial)
+        epoch = result.get(EPOCH)
+        if isinstance(epoch, int) and epoch <= self._held(folder):
+            # An epoch whose row is already held, run again by a trial continuing from a full state before it: an
+            # errored trial resumed by --resume (its rows were released when it failed). The first row stands.
+            self._replayed[folder] = epoch
+            return
+        self._replayed.pop(folder, None)
         self._awaiting.setdefault(folder, []).append(json.dumps(result, cls=SafeFallbackEncoder))
         value = finite(result.get(SWEEP_METRIC))
         if value is not None:
             self._best_awaiting[folder] = better(value, self._best_awaiting.get(folder, value))
+
+    def _held(self, folder: str) -> int:
+        """The trial's rows held: committed, released to the next commit, or awaiting their full state (epochs 1 to
+        this number, in order)."""
+        return self._counts.get(folder, 0) + len(self._pending.get(folder, [])) + len(self._awaiting.get(folder, []))
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
         result = trial.last_result or {}

@@ -25,8 +25,12 @@ OPTUNA_DB = "optuna.db"
 TEST_METRICS_FILE = "test_metrics.json"
 REPORT_FILE = "report.md"
 REPORT_PLOTS = "report_*.png"
+# Written once Tune's run ended without interruption, before errored trials are told FAIL to Optuna: from then on
+# they are final, and --resume leaves them as they are (an interrupted sweep's errored trials continue from their
+# last full state: a trial killed with a preempted job errors)
+ENDED_FILE = "ended.json"
 DRIVER_FILES = (TRIALS_CSV, BEST_CONFIG_FILE, SUMMARY_FILE, SETTINGS_FILE, SPACE_FILE, OPTUNA_DB, TEST_METRICS_FILE,
-                REPORT_FILE)
+                REPORT_FILE, ENDED_FILE)
 # and the trials write this into each of their checkpoint folders
 CHECKPOINT_FILE = "checkpoint.ckpt"
 # beside it, when the epoch improved val/iou: image | truth | prediction of the first validation images (uint8

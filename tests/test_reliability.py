@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Optional
 
 import optuna
 import pytest
@@ -56,9 +57,9 @@ def assert_each_epoch_once(reported: dict[str, list[dict]]) -> None:
 
 # ----- interrupts: SIGINT, SIGTERM and SIGKILL at three points of one sweep -------------------------------------
 
-def start(argv: list[str], log: Path) -> subprocess.Popen:
+def start(argv: list[str], log: Path, env: Optional[dict] = None) -> subprocess.Popen:
     with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, *argv], cwd=REPO, env=os.environ.copy(), stdout=out,
+        return subprocess.Popen([sys.executable, *argv], cwd=REPO, env={**os.environ, **(env or {})}, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -289,3 +290,55 @@ def test_raising_trial_without_retries_is_errored_with_its_traceback_and_the_swe
     assert states == ["COMPLETE"] * completed + ["FAIL"] * (3 - completed)  # an errored trial is never a result
     outcomes = {t.user_attrs["ray_trial_id"]: t.user_attrs["outcome"] for t in study(experiment).trials}
     assert outcomes == {r["trial_id"]: r["status"] for r in rows}  # "errored" in both
+
+    # The sweep has ended: its errored trial is final (FAIL in Optuna), and --resume leaves it as it is rather than
+    # run it again beside an Optuna trial that can no longer take its values
+    reported = results(experiment)
+    proc = run_cli("tune_main.py", "--resume", "--storage-path", str(storage), "--name", name, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Experiment state snapshotting failed" not in proc.stdout + proc.stderr
+    assert f"3 trials: {completed} completed, 0 stopped early, 0 diverged, {2 - completed} collapsed, 1 errored" \
+        in proc.stdout
+    assert results(experiment) == reported
+    assert [r["status"] for r in read_csv(experiment / "trials.csv")] == [r["status"] for r in rows]
+    assert sorted(t.state.name for t in study(experiment).trials) == states
+
+
+def test_errored_trial_of_an_interrupted_sweep_continues_on_resume_and_its_rows_stand(pets_root, tmp_path,
+                                                                                        fault_env):
+    """A trial raises, then the job is stopped (SIGTERM) before the sweep ends: on --resume the errored trial
+    continues from its last full state, here none (--checkpoint-every 5), so it runs epoch 1 again. The row it
+    reported of epoch 1 before the stop stands, unchanged and once, in result.json, Optuna and TensorBoard."""
+    faults, env = fault_env
+    storage, name = tmp_path / "results", "errored-resumed"
+    experiment = storage / name
+    log = tmp_path / "run0.log"
+    driver = start(flags(pets_root, storage, name, "--num-samples", "2", "--scheduler", "fifo", "--max-concurrent",
+                         "1", "--checkpoint-every", "5"), log, env)
+    try:  # one trial at a time: the second one starts after the first raised, and is running at the stop
+        wait_for(driver, lambda: [len(results(experiment).get(p.parent.name, [])) for p in
+                                  experiment.glob("*/error.txt")] == [1], log, "the errored trial's row committed")
+        driver.send_signal(signal.SIGTERM)
+        code = driver.wait(timeout=120)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait()
+    assert code == 128 + signal.SIGTERM, log.read_text()[-3000:]
+    assert (faults / "raised").is_file()
+    snapshot = results(experiment)
+    errored = Path(next(experiment.glob("*/error.txt"))).parent.name
+    assert [r["epoch"] for r in snapshot[errored]] == [1]
+
+    proc = run_cli("tune_main.py", "--resume", "--storage-path", str(storage), "--name", name, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert check_sweep(experiment, 2, [snapshot], MAX_EPOCHS, optuna_study=True) == []
+    final = results(experiment)[errored]
+    assert final[0] == snapshot[errored][0]  # epoch 1 as first reported, and reported once
+    # ... though the trial ran it again: Tune counted that report (its iterations run one ahead of the epochs)
+    assert [(r["epoch"], r["training_iteration"]) for r in final] == [(1, 1), (2, 3), (3, 4)]
+    rows = read_csv(experiment / "trials.csv")
+    assert all(r["status"] in RAN_TO_END for r in rows), [r["status"] for r in rows]
+    for trial in study(experiment).trials:
+        assert sorted(trial.intermediate_values) == list(range(1, MAX_EPOCHS + 1))
+    assert_tensorboard_tells_the_rows(experiment, rows)
