@@ -10,7 +10,7 @@ from ray import tune
 
 from segcore.metrics_names import DEVICE_SETUP, SWEEP_METRIC
 from segtune import interrupts, saved_state
-from segtune.results import STATUSES, UNFINISHED, trial_status
+from segtune.results import STATUSES, trial_status
 
 
 class StopWhenSaved(tune.Callback):
@@ -56,16 +56,17 @@ class Progress(tune.Callback):
         self._devices: set[tuple[str, str]] = set()  # (host, device line) already printed
 
     def status(self, trials: list) -> str:
-        counts = {"running": 0, "pending": 0, **{s: 0 for s in STATUSES if s != UNFINISHED}}
+        counts = {"running": 0, "pending": 0, **{s: 0 for s in STATUSES}}
         best, best_trial = None, None
         for trial in trials:
             if trial.status == "RUNNING":
                 counts["running"] += 1
             elif trial.status in ("PENDING", "PAUSED"):
                 counts["pending"] += 1
-            else:  # TERMINATED or ERROR
-                counts[trial_status(trial.last_result or {}, self.max_epochs, errored=trial.status == "ERROR",
-                                    ended=trial.status == "TERMINATED")] += 1
+            else:  # TERMINATED or ERROR; stopped by a scheduler: its last result "done" (trials.csv's rule), not a
+                last = trial.last_result or {}  # trial that a stop signal ended mid-run: unfinished, to go on
+                counts[trial_status(last, self.max_epochs, errored=trial.status == "ERROR",
+                                    ended=trial.status == "TERMINATED" and bool(last.get("done")))] += 1
             value = saved_state.best_counted(trial)  # as the summary will count it, not Tune's metric_analysis
             if value is not None and (best is None or value > best):
                 best, best_trial = value, trial

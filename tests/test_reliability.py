@@ -326,6 +326,9 @@ def test_errored_trial_of_an_interrupted_sweep_continues_on_resume_and_its_rows_
             driver.wait()
     assert code == 128 + signal.SIGTERM, log.read_text()[-3000:]
     assert (faults / "raised").is_file()
+    # the status line at the stop, as the summary: the trial the signal ended mid-run is unfinished, not stopped early
+    assert re.findall(r"^\[[\d:]+\] (2/2 trials: .*) \|", log.read_text(), re.M)[-1] \
+        == "2/2 trials: 1 errored, 1 unfinished"
     snapshot = results(experiment)
     errored = Path(next(experiment.glob("*/error.txt"))).parent.name
     assert [r["epoch"] for r in snapshot[errored]] == [1]
