@@ -23,7 +23,9 @@ LOGICAL_GPUS_ON_CPU = "SEGSWEEP_LOGICAL_GPUS_ON_CPU"
 # to the kernel. By default glibc gives every tensor over 32 MB its own mmap and unmaps it when freed, and trims
 # the heaps, so each training step faults its activations' pages in again: 2-3 million page faults and 16% of the
 # CPU in the kernel per epoch at 256 px on the CPU (bench/side_by_side.py; 6-9% at 64 px). One arena, no mmap,
-# no trim: the heap grows to the step's peak once and is reused (peak memory the same within 2%). A GPU trial's
+# no trim: the heap grows to the step's peak and is mostly reused (peak memory the same within 2%; per epoch of one
+# config, 2.67M -> 15k faults at 256 px, 176k -> 67k at 64 px, where glibc 2.36 cannot give some of torch's 64-byte
+# aligned requests a freed block of their own size: the aligned request is larger). A GPU trial's
 # tensors live in CUDA's own caching allocator; this is its host side. Read by glibc when a process starts, so it is
 # set in the trials' environment, not here; a GLIBC_TUNABLES of the driver's own (even empty) is passed instead.
 ALLOCATOR_ENV = "GLIBC_TUNABLES"
