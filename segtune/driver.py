@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from segcore.cache import write_text_atomic
 from segcore.config import TrainConfig
 from segcore.decoded import DecodedSplit
 from segcore.errors import UserError
@@ -36,7 +35,7 @@ from segtune.interrupts import Interrupts
 from segtune.results import finished_sweep
 from segtune.settings import SweepSettings, auto_resume, resume_command, save_settings, settings_for
 from segtune.spaces import Space, load_space
-from segtune.storage import ENDED_FILE, SPACE_FILE, Storage
+from segtune.storage import ENDED_FILE, SPACE_FILE, Storage, write_text_atomic
 from segtune.trainable import IN_SWEEP_WORKER
 
 if TYPE_CHECKING:  # segtune.assets imports torch: a local Ray starts before that (check_and_prepare)

@@ -11,6 +11,8 @@ import re
 from pathlib import Path
 from typing import Any, Optional
 
+from segtune.storage import RESULT_FILE
+
 LEGACY_PREFIX = "trial_"  # sweeps started before trials had numbers: folders named trial_<Tune trial id>
 _NAME = re.compile(r"^(\d{3,})-")
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -62,4 +64,4 @@ class TrialNames:
 
 def result_files(experiment: Path) -> list[Path]:
     """Each trial's ``result.json`` that exists, by trial number."""
-    return [f / "result.json" for f in trial_folders(experiment) if (f / "result.json").is_file()]
+    return [f / RESULT_FILE for f in trial_folders(experiment) if (f / RESULT_FILE).is_file()]

@@ -20,9 +20,17 @@ from typing import Any, Optional
 from segcore.errors import UserError
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, VAL_PREDICTIONS_IMAGES, VAL_PREDICTIONS_PADDING
 from segtune import naming
-from segtune.results import STATUSES, STOPPED, finite, trial_status
+from segtune.results import STATUSES, STOPPED, finite, status_from_last
 from segtune.settings import read_settings
-from segtune.storage import CHECKPOINT_FILE, PREDICTIONS_FILE, REPORT_FILE, SPACE_FILE, TEST_METRICS_FILE
+from segtune.storage import (
+    CHECKPOINT_FILE,
+    PARAMS_FILE,
+    PREDICTIONS_FILE,
+    REPORT_FILE,
+    RESULT_FILE,
+    SPACE_FILE,
+    TEST_METRICS_FILE,
+)
 
 # all match storage.REPORT_PLOTS, so a sweep stored at a URI uploads them with report.md
 CURVES_PNG, BEST_SO_FAR_PNG = "report_val_iou.png", "report_best_so_far.png"
@@ -97,7 +105,7 @@ def read_experiment(path: Path) -> Experiment:
         raise UserError(f"--report {path}: not found (give the experiment folder, <storage-path>/<name>)")
     experiment = Experiment(path, read_settings(path, f"--report {path}")[1])
     for trial_dir in naming.trial_folders(path):
-        result_file, params_file = trial_dir / "result.json", trial_dir / "params.json"
+        result_file, params_file = trial_dir / RESULT_FILE, trial_dir / PARAMS_FILE
         rows = []
         if result_file.is_file():
             for line in result_file.read_text().splitlines():
@@ -115,8 +123,7 @@ def read_experiment(path: Path) -> Experiment:
     for trial in experiment.trials:
         last = trial.rows[-1] if trial.rows else {}
         # error.txt: the trial raised at some point (Ray keeps it after a retry that went on to finish)
-        trial.status = trial_status(last, experiment.max_epochs, errored=(trial.path / "error.txt").is_file(),
-                                    ended=bool(last.get("done")))
+        trial.status = status_from_last(last, experiment.max_epochs, errored=(trial.path / "error.txt").is_file())
     experiment.trials.sort(key=lambda t: t.number)
     return experiment
 

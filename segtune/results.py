@@ -15,6 +15,7 @@ from segtune.spaces import to_config_values
 from segtune.storage import (
     BEST_CONFIG_FILE,
     CHECKPOINT_FILE,
+    PARAMS_FILE,
     REPORT_FILE,
     SUMMARY_FILE,
     TEST_METRICS_FILE,
@@ -114,13 +115,18 @@ def trial_status(last: dict[str, Any], max_epochs: int, errored: bool, ended: bo
     return UNFINISHED  # still running, or never started, when the sweep was interrupted
 
 
+def status_from_last(last: dict[str, Any], max_epochs: int, errored: bool) -> str:
+    """``trial_status`` of a trial that is not running, from its last result: stopped early only when Tune marked that
+    result "done" (a scheduler stopped the trial); one that a stop signal ended mid-run is unfinished, to go on."""
+    return trial_status(last, max_epochs, errored=errored, ended=bool(last.get("done")))
+
+
 def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[TrialRow]:
     rows = []
     for result in result_grid:
         metrics = result.metrics or {}
         epochs = int(metrics.get(EPOCH) or 0)
-        # Tune marks the last result of a trial the scheduler stopped "done"
-        status = trial_status(metrics, max_epochs, errored=result.error is not None, ended=bool(metrics.get("done")))
+        status = status_from_last(metrics, max_epochs, errored=result.error is not None)
         error = "" if result.error is None else (str(result.error).strip().splitlines() or [""])[-1][:300]
         name = Path(result.path).name
         rows.append(TrialRow(
@@ -141,7 +147,7 @@ def config_of(result) -> dict[str, Any]:
     if result.config is not None:
         return result.config
     try:
-        with result.filesystem.open_input_stream(f"{result.path}/params.json") as f:
+        with result.filesystem.open_input_stream(f"{result.path}/{PARAMS_FILE}") as f:
             return json.loads(f.readall())
     except (OSError, ValueError):
         return {}

@@ -43,12 +43,11 @@ from segcore.metrics_names import EPOCH, SWEEP_METRIC
 from segtune import naming
 from segtune.checkpoint_policy import FULL, KIND_KEY
 from segtune.results import better, finite
-from segtune.storage import DRIVER_FILES
+from segtune.storage import DRIVER_FILES, PARAMS_FILE, RESULT_FILE
 
 STATE_DIR = "resume_state"
 COMMITTED = "COMMITTED"  # written last: its list of files and their digests is the commit
 ROWS_FILE = "rows.json"  # per trial: rows committed in all, and the rows new in this commit
-RESULT_FILE, PARAMS_FILE = "result.json", "params.json"
 TUNER_FILE = "tuner.pkl"  # Tuner.restore reads it; written once by Tuner(), then re-uploaded on every resume
 REFRESH_S = 60.0  # a commit at least this often while Tune saves, even when no trial changed
 KEEP = 2  # committed folders kept: the newest, and one to fall back on should the newest be unreadable
@@ -174,12 +173,9 @@ def best_counted(trial) -> Optional[float]:
 
 
 def replayed(trial, result: dict) -> bool:
-    """Whether ``result`` (just handed to the callbacks) repeats an epoch whose row the trial already has: the
-    callbacks after CommittedState (the TensorBoard board) skip it as it does. Callbacks run in the order they are
-    given to Tune, CommittedState first."""
-    if _counting is None:
-        return False
-    return _counting._replayed.get(PurePosixPath(trial.path).name) == result.get(EPOCH)
+    """Whether ``result`` repeats an epoch whose row ``trial`` already has (CommittedState.repeats): the TensorBoard
+    board skips it too."""
+    return _counting is not None and _counting.repeats(trial, result)
 
 
 def _best_of(rows: list[str], best: Optional[float] = None) -> Optional[float]:
@@ -227,7 +223,6 @@ class CommittedState(tune.Callback):
                       if (best := _best_of(parse_rows(_read(self._fs, _join(self._path, trial, RESULT_FILE)))))
                       is not None}
         self._best_awaiting: dict[str, float] = {}
-        self._replayed: dict[str, int] = {}  # trial folder -> the epoch of its latest result, if that one was a replay
         global _committed_counts, _counting
         _committed_counts = None  # nothing of another experiment run in this process
         _counting = self
@@ -273,23 +268,21 @@ class CommittedState(tune.Callback):
         # A row waits for a full state at or after its epoch (or its trial's end): committed before, a kill would
         # make the resumed trial run that epoch again. (Tune also registers a reported checkpoint in a later event,
         # and may save its state in between.)
-        folder = self._trial_folder(trial)
-        epoch = result.get(EPOCH)
-        if isinstance(epoch, int) and epoch <= self._held(folder):
-            # An epoch whose row is already held, run again by a trial continuing from a full state before it: an
-            # errored trial resumed by --resume (its rows were released when it failed). The first row stands.
-            self._replayed[folder] = epoch
+        if self.repeats(trial, result):
             return
-        self._replayed.pop(folder, None)
+        folder = self._trial_folder(trial)
         self._awaiting.setdefault(folder, []).append(json.dumps(result, cls=SafeFallbackEncoder))
         value = finite(result.get(SWEEP_METRIC))
         if value is not None:
             self._best_awaiting[folder] = better(value, self._best_awaiting.get(folder, value))
 
-    def _held(self, folder: str) -> int:
-        """The trial's rows held: committed, released to the next commit, or awaiting their full state (epochs 1 to
-        this number, in order)."""
-        return self._counts.get(folder, 0) + len(self._pending.get(folder, [])) + len(self._awaiting.get(folder, []))
+    def repeats(self, trial, result: dict) -> bool:
+        """Whether ``result`` repeats an epoch whose row the trial already has, committed or released to the next
+        commit: an errored trial resumed by --resume continues from its last full state and runs again the epochs
+        after it, whose rows were released when it failed. The first row stands. (A trial restarted within a run, or
+        resumed after a kill, repeats only rows that were still awaiting their full state, and those were dropped.)"""
+        epoch, folder = result.get(EPOCH), self._trial_folder(trial)
+        return isinstance(epoch, int) and epoch <= self._counts.get(folder, 0) + len(self._pending.get(folder, []))
 
     def on_checkpoint(self, iteration: int, trials: list, trial, checkpoint, **info) -> None:
         result = trial.last_result or {}

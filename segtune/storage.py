@@ -31,6 +31,9 @@ REPORT_PLOTS = "report_*.png"
 ENDED_FILE = "ended.json"
 DRIVER_FILES = (TRIALS_CSV, BEST_CONFIG_FILE, SUMMARY_FILE, SETTINGS_FILE, SPACE_FILE, OPTUNA_DB, TEST_METRICS_FILE,
                 REPORT_FILE, ENDED_FILE)
+# each trial's folder: its result rows (one JSON object per reported epoch) and its parameters, both written by the
+# driver (segtune.saved_state)
+RESULT_FILE, PARAMS_FILE = "result.json", "params.json"
 # and the trials write this into each of their checkpoint folders
 CHECKPOINT_FILE = "checkpoint.ckpt"
 # beside it, when the epoch improved val/iou: image | truth | prediction of the first validation images (uint8

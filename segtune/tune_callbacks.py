@@ -10,7 +10,7 @@ from ray import tune
 
 from segcore.metrics_names import DEVICE_SETUP, SWEEP_METRIC
 from segtune import interrupts, saved_state
-from segtune.results import STATUSES, trial_status
+from segtune.results import STATUSES, status_from_last
 
 
 class StopWhenSaved(tune.Callback):
@@ -63,10 +63,8 @@ class Progress(tune.Callback):
                 counts["running"] += 1
             elif trial.status in ("PENDING", "PAUSED"):
                 counts["pending"] += 1
-            else:  # TERMINATED or ERROR; stopped by a scheduler: its last result "done" (trials.csv's rule), not a
-                last = trial.last_result or {}  # trial that a stop signal ended mid-run: unfinished, to go on
-                counts[trial_status(last, self.max_epochs, errored=trial.status == "ERROR",
-                                    ended=trial.status == "TERMINATED" and bool(last.get("done")))] += 1
+            else:  # TERMINATED or ERROR: as trials.csv will name it
+                counts[status_from_last(trial.last_result or {}, self.max_epochs, errored=trial.status == "ERROR")] += 1
             value = saved_state.best_counted(trial)  # as the summary will count it, not Tune's metric_analysis
             if value is not None and (best is None or value > best):
                 best, best_trial = value, trial
