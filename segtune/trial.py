@@ -40,6 +40,7 @@ from segcore.model import DivergedError
 from segtune import checkpoint_policy as policies
 from segtune.checkpoint_policy import FULL, WEIGHTS, CheckpointClock, CheckpointPolicy
 from segtune.cluster import LOGICAL_GPUS_ON_CPU
+from segtune.sigterm import end_even_from_callbacks
 from segtune.spaces import trial_config
 from segtune.storage import CHECKPOINT_FILE, PREDICTIONS_FILE
 
@@ -230,6 +231,7 @@ def trial_plugins() -> list:
 def train_trial(params: dict[str, Any], base: dict[str, Any], cpus: float, gpus: float, workers: int,
                 assets_ref: list, storage: str, checkpoint_every: str = "1") -> None:
     """The Tune trainable. ``assets_ref`` is a one-element list so Tune passes the ObjectRef, not its value."""
+    end_even_from_callbacks()
     quiet()
     cfg = trial_config(params, base)
     if workers > 1:
@@ -269,6 +271,7 @@ def _ddp_worker(config: dict[str, Any]) -> None:
     import ray.train
     from ray.train.lightning import RayDDPStrategy, RayLightningEnvironment
 
+    end_even_from_callbacks()
     quiet()
     torch.set_num_threads(max(1, int(config["cpus"])))
     cfg = trial_config(config["params"], config["base"])

@@ -345,3 +345,69 @@ def test_errored_trial_of_an_interrupted_sweep_continues_on_resume_and_its_rows_
     for trial in study(experiment).trials:
         assert sorted(trial.intermediate_values) == list(range(1, MAX_EPOCHS + 1))
     assert_tensorboard_tells_the_rows(experiment, rows)
+
+
+def test_a_trial_process_sent_sigterm_inside_a_gc_callback_still_ends_and_prints_nothing(tmp_path):
+    """Ray ends a trial's process with SIGTERM; its handler raises SystemExit wherever the main thread is. Inside a
+    weakref callback (the garbage collector's work, frequent in torch) Python swallows it with an "Exception
+    ignored" traceback, forwarded into the sweep's terminal, and the process runs on. Here the main thread spends
+    nearly all its time in such callbacks, so every signal lands in one."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Trial:
+        def start(self, fixed: bool) -> int:
+            if fixed:
+                from segtune.sigterm import end_even_from_callbacks
+                end_even_from_callbacks()
+            return os.getpid()
+
+        def collect_garbage(self) -> None:
+            import weakref
+
+            class Held:
+                pass
+
+            def finalizer(_ref):  # a slow one: the main thread is nearly always inside a callback
+                started = time.perf_counter()
+                while time.perf_counter() - started < 0.01:
+                    pass
+
+            while True:
+                held = Held()
+                ref = weakref.ref(held, finalizer)  # noqa: F841 (kept alive until the object dies)
+                del held
+
+    def running(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    try:
+        logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+        trials = {fixed: [Trial.remote() for _ in range(3)] for fixed in (False, True)}
+        pids = {fixed: ray.get([t.start.remote(fixed) for t in actors]) for fixed, actors in trials.items()}
+        for actors in trials.values():
+            [t.collect_garbage.remote() for t in actors]
+        time.sleep(1)  # in their loops
+        for pid in pids[False] + pids[True]:
+            os.kill(pid, signal.SIGTERM)
+        signalled = time.monotonic()
+        while any(map(running, pids[True])) and time.monotonic() - signalled < 10:
+            time.sleep(0.05)
+        time.sleep(max(0.0, 3 - (time.monotonic() - signalled)))  # 3 s at least for the others to end, had they
+        ended = {fixed: [not running(pid) for pid in pids[fixed]] for fixed in pids}
+        for pid in filter(running, pids[False]):  # Ray would SIGKILL them later
+            os.kill(pid, signal.SIGKILL)
+
+        def ignored(pid: int) -> bool:
+            return any("Exception ignored" in f.read_text() for f in logs.glob(f"worker-*-{pid}.err"))
+        time.sleep(1)  # the workers' stderr files written
+        assert ended == {False: [False] * 3, True: [True] * 3}, ended  # the first shows what the fix is for
+        assert [ignored(pid) for pid in pids[False]] == [True] * 3
+        assert [ignored(pid) for pid in pids[True]] == [False] * 3
+    finally:
+        ray.shutdown()
