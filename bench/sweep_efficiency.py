@@ -20,13 +20,23 @@ same at any size, so at 64 px they weigh as much as the steps.
                                      [--checkpoint-every 1 auto]   # one sweep per checkpoint policy
     python bench/sweep_efficiency.py --grid unet-lr-bs --image-size 64 --epochs 8 --num-images 96   # issue #14's
     python bench/sweep_efficiency.py --quick    # 64 px, 1 epoch: proves it runs
+    python bench/sweep_efficiency.py ... --ray both   # each sweep also joining a Ray started before it
+
+``--ray running``: on a cluster Ray is up before the sweep (`ray start`, README.md), so its start is not part of a
+sweep's start-up there. Before each sweep the bench starts a head on 127.0.0.1 (`ray start --head --block`, token
+authentication on, in a session of its own that it ends after the sweep), and the sweep joins it with `--address`.
+``--ray both``: each sweep run both ways, one after the other (local first), and the walls' ratio printed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import secrets
+import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +47,7 @@ from segtune import naming
 from segtune.cluster import ALLOCATOR_ENV, KEEP_FREED_MEMORY
 
 REPO = Path(__file__).resolve().parents[1]
+RUNNING = "@running-ray"  # the label of a sweep that joined a Ray head started before it (--ray)
 
 # Two grids of 4 configs, each of (nearly) equal cost: the benchmark measures overhead, not how well 2 trials of
 # unequal length pack on 2 cores (with fpn + unet in one grid, one core idles for the difference at the end).
@@ -159,21 +170,75 @@ def checkpoint_bytes(experiment: Path) -> tuple[int, int]:
     return written, epochs
 
 
-def sweep(tmp: Path, args, policy: str, name: str) -> dict:
-    """One run of tune_main.py on the grid with ``--checkpoint-every policy``; its figures (floor not yet known)."""
+@contextlib.contextmanager
+def ray_head(cores: int, folder: Path):
+    """A Ray head on 127.0.0.1 for the sweeps to join, token authentication on as README.md's recipe has it (a token
+    of its own, private to the bench); yields (address, the environment a driver joins with). Its processes are one
+    session, ended after."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    folder.mkdir(parents=True, exist_ok=True)
+    token = folder / "auth_token"
+    token.touch(mode=0o600)
+    token.write_text(secrets.token_hex(32))
+    join = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    env = {**os.environ, **join, "RAY_TMPDIR": str(folder)}  # its session's files in the bench's temporary folder
+    env.pop("RAY_ADDRESS", None)
+    ray = str(Path(sys.executable).parent / "ray")
+    address = f"127.0.0.1:{port}"
+    with open(folder / "ray-head.log", "w") as log:
+        head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+                                 f"--num-cpus={cores}", "--include-dashboard=false", "--disable-usage-stats"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([ray, "status", f"--address={address}"], env=env, capture_output=True).returncode:
+            if head.poll() is not None or time.monotonic() > deadline:
+                sys.exit(f"ray start --head failed:\n{(folder / 'ray-head.log').read_text()[-2000:]}")
+            time.sleep(1)
+        yield address, join, folder / "ray" / "session_latest" / "logs"
+    finally:
+        # `ray start --block` stops its processes on SIGTERM, but slowly (its raylet took ~10 s here): what is left
+        # after a few seconds is killed, so that nothing of it runs beside the next sweep or the floor's steps
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=5)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+
+
+def sweep(tmp: Path, args, policy: str, name: str, head: tuple[str, dict, Path] | None = None) -> dict:
+    """One run of tune_main.py on the grid with ``--checkpoint-every policy``; its figures (floor not yet known).
+    ``head``: join that running Ray (``ray_head``)."""
     cmd = [sys.executable, str(REPO / "tune_main.py"), "--data-dir", str(tmp / "data"), "--space",
            str(space_file(tmp, args.grid, args.image_size)), "--search", "random", "--scheduler", "fifo",
            "--num-samples", "1", "--max-epochs", str(args.epochs), "--storage-path", str(tmp / "results"),
            "--name", name, "--checkpoint-every", policy,
            "--no-final-test"]  # test-set inference is work of its own, not in the floor
+    env = None
+    if head:
+        cmd += ["--address", head[0]]
+        env = {**os.environ, **head[1]}
     started, started_epoch = time.perf_counter(), time.time()
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
+    # Trial spans come from result.json's wall-clock timestamps: a VM whose clock was stepped during the sweep
+    # (seen here: +21 s, a negative tail) would make start-up, tail and the trials' time say nothing.
+    clock_moved = time.time() - started_epoch - wall
     if proc.returncode != 0:
         sys.exit(f"sweep failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    if head and not any(head[2].glob("python-core-driver-*")):  # a head of its own: its only driver
+        sys.exit(f"sweep {name} did not join the Ray head at {head[0]} (no driver's log in {head[2]})")
     spans = trial_spans(tmp / "results" / name)
     written, epochs = checkpoint_bytes(tmp / "results" / name)
-    return {"wall_s": round(wall, 2), "startup_s": round(min(s for s, _ in spans) - started_epoch, 2),
+    if abs(clock_moved) > 1:
+        print(f"warning: the wall clock moved {clock_moved:+.1f} s during sweep {name}: its start-up, tail and "
+              "trials' time are not to be trusted", file=sys.stderr)
+    return {"wall_s": round(wall, 2), "clock_moved_s": round(clock_moved, 2),
+            "startup_s": round(min(s for s, _ in spans) - started_epoch, 2),
             "tail_s": round(started_epoch + wall - max(e for _, e in spans), 2),
             "trials_total_s": round(sum(e - s for s, e in spans), 2), "epochs": epochs,
             "checkpoint_mb_per_epoch": round(written / max(epochs, 1) / 2**20, 1)}
@@ -202,6 +267,9 @@ def main() -> None:
                    help="sweep once with each --checkpoint-every (default: 1 = the full state every epoch, as "
                         "before the checkpoint policy, and auto)")
     p.add_argument("--no-plain", action="store_true", help="skip the plain script (bench/plain_sweep.py)")
+    p.add_argument("--ray", choices=["local", "running", "both"], default="local",
+                   help="local: each sweep starts its own Ray, as tune_main.py does by default; running: each joins a "
+                        "Ray head started before it on 127.0.0.1, as on a cluster; both: each sweep both ways")
     p.add_argument("--json")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
@@ -219,8 +287,14 @@ def main() -> None:
         # segcore.cache's library facts), the next ones warm, as a user's second sweep does
         labels = [p if args.checkpoint_every[:i].count(p) == 0 else f"{p}#{args.checkpoint_every[:i].count(p) + 1}"
                   for i, p in enumerate(args.checkpoint_every)]
-        runs = {label: sweep(tmp, args, policy, f"grid-{label.replace('#', '-')}")
-                for label, policy in zip(labels, args.checkpoint_every)}
+        runs = {}
+        for label, policy in zip(labels, args.checkpoint_every):
+            name = f"grid-{label.replace('#', '-')}"
+            if args.ray in ("local", "both"):
+                runs[label] = sweep(tmp, args, policy, name)
+            if args.ray in ("running", "both"):
+                with ray_head(cores, tmp / f"h{len(runs)}") as head:  # short: Ray's socket paths lie under it
+                    runs[label + RUNNING] = sweep(tmp, args, policy, name + "-joined", head)
         baseline = None if args.no_plain else plain(tmp, args)
         # The floor as issue #14 defined it (glibc's allocator as it comes), and with the allocator the trials run
         # with (segtune.cluster.KEEP_FREED_MEMORY): the steps' own speed-up is the floor's too, not the sweep's.
@@ -228,7 +302,8 @@ def main() -> None:
         bare_kept = bare_seconds_in_process(tmp / "data", args.grid, args.image_size, args.epochs, KEEP_FREED_MEMORY)
     floor, floor_kept = bare / cores, bare_kept / cores
     out = {"grid": args.grid, "configs": 4, "epochs": args.epochs, "image_size": args.image_size,
-           "num_images": args.num_images, "cores": cores, "bare_total_s": round(bare, 2), "floor_s": round(floor, 2),
+           "ray": args.ray, "num_images": args.num_images, "cores": cores,
+           "bare_total_s": round(bare, 2), "floor_s": round(floor, 2),
            "bare_total_trials_allocator_s": round(bare_kept, 2), "floor_trials_allocator_s": round(floor_kept, 2),
            "runs": runs, "plain": baseline}
     print(f"{args.grid}: 4 configs x {args.epochs} epochs at {args.image_size} px, {cores} cores: bare steps "
@@ -239,14 +314,23 @@ def main() -> None:
         run["wall_over_floor_trials_allocator"] = round(run["wall_s"] / floor_kept, 2)
         run["trials_over_bare"] = round(run["trials_total_s"] / bare, 3)
         run["trials_over_bare_trials_allocator"] = round(run["trials_total_s"] / bare_kept, 3)
-        print(f"  --checkpoint-every {policy:5s} wall {run['wall_s']:.1f}s = {run['wall_over_floor']:.2f} x floor "
+        way = " (joined a running Ray)" if policy.endswith(RUNNING) else ""
+        print(f"  --checkpoint-every {policy.removesuffix(RUNNING):5s}{way} wall {run['wall_s']:.1f}s = "
+              f"{run['wall_over_floor']:.2f} x floor "
               f"({run['wall_over_floor_trials_allocator']:.2f} x the trials' allocator's); start-up "
               f"{run['startup_s']:.1f}s, tail {run['tail_s']:.1f}s, trials {run['trials_total_s']:.1f}s = "
               f"{run['trials_over_bare']:.2f} x bare ({run['trials_over_bare_trials_allocator']:.2f}); checkpoints "
               f"{run['checkpoint_mb_per_epoch']:.1f} MB per trial-epoch")
-    last = runs[labels[-1]]
+    last = runs[labels[-1]] if args.ray != "running" else runs[labels[-1] + RUNNING]
     print(f"wall / floor = {last['wall_over_floor']:.2f} (target <= 1.3), with the trials' allocator in the floor "
-          f"{last['wall_over_floor_trials_allocator']:.2f}; --checkpoint-every {args.checkpoint_every[-1]}")
+          f"{last['wall_over_floor_trials_allocator']:.2f}; --checkpoint-every {args.checkpoint_every[-1]}"
+          f"{', joining a running Ray' if args.ray == 'running' else ''}")
+    if args.ray == "both":
+        joined = runs[labels[-1] + RUNNING]
+        out["local_over_running"] = round(last["wall_s"] / joined["wall_s"], 2)
+        print(f"joining a running Ray: wall / floor = {joined['wall_over_floor']:.2f}, start-up "
+              f"{joined['startup_s']:.1f}s against {last['startup_s']:.1f}s; a sweep that starts its own Ray takes "
+              f"{out['local_over_running']:.2f}x the wall of one that joins it")
     if baseline is not None:
         baseline["wall_over_floor"] = round(baseline["wall_s"] / floor, 2)
         baseline["plain_over_sweep"] = round(baseline["wall_s"] / last["wall_s"], 2)

@@ -70,6 +70,18 @@ def test_quick_sweep_efficiency_runs_and_writes_json(tmp_path):
     assert "the sweep is" in stdout and "faster" in stdout
 
 
+@pytest.mark.slow
+def test_quick_sweep_efficiency_can_join_a_ray_started_before_the_sweep(tmp_path):
+    """--ray running: the sweep joins a head the bench started (token authentication on); the bench itself checks in
+    the head's logs that the sweep's driver joined it, and fails otherwise."""
+    stdout, fig = run_quick("bench/sweep_efficiency.py --ray running --no-plain --checkpoint-every auto", tmp_path)
+    assert fig["ray"] == "running" and fig["plain"] is None
+    assert list(fig["runs"]) == ["auto@running-ray"]
+    run = fig["runs"]["auto@running-ray"]
+    assert run["epochs"] == 4 and 0 < run["startup_s"] and run["startup_s"] + run["tail_s"] < run["wall_s"]
+    assert "(joined a running Ray)" in stdout and "joining a running Ray" in stdout
+
+
 def test_quick_epoch_overhead_times_the_same_epochs_four_ways(tmp_path):
     stdout, fig = run_quick("-m bench.epoch_overhead", tmp_path)
     assert (fig["arch"], fig["epochs"]) == ("unet", 2)
