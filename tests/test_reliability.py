@@ -351,7 +351,7 @@ def test_a_trial_process_sent_sigterm_inside_a_gc_callback_still_ends_and_prints
     """Ray ends a trial's process with SIGTERM; its handler raises SystemExit wherever the main thread is. Inside a
     weakref callback (the garbage collector's work, frequent in torch) Python swallows it with an "Exception
     ignored" traceback, forwarded into the sweep's terminal, and the process runs on. Here the main thread spends
-    nearly all its time in such callbacks, so every signal lands in one."""
+    nearly all its time in such callbacks, so nearly every signal lands in one."""
     import ray
 
     @ray.remote(num_cpus=0)
@@ -388,7 +388,7 @@ def test_a_trial_process_sent_sigterm_inside_a_gc_callback_still_ends_and_prints
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     try:
         logs = Path(ray._private.worker._global_node.get_logs_dir_path())
-        trials = {fixed: [Trial.remote() for _ in range(3)] for fixed in (False, True)}
+        trials = {fixed: [Trial.remote() for _ in range(4)] for fixed in (False, True)}
         pids = {fixed: ray.get([t.start.remote(fixed) for t in actors]) for fixed, actors in trials.items()}
         for actors in trials.values():
             [t.collect_garbage.remote() for t in actors]
@@ -406,8 +406,10 @@ def test_a_trial_process_sent_sigterm_inside_a_gc_callback_still_ends_and_prints
         def ignored(pid: int) -> bool:
             return any("Exception ignored" in f.read_text() for f in logs.glob(f"worker-*-{pid}.err"))
         time.sleep(1)  # the workers' stderr files written
-        assert ended == {False: [False] * 3, True: [True] * 3}, ended  # the first shows what the fix is for
-        assert [ignored(pid) for pid in pids[False]] == [True] * 3
-        assert [ignored(pid) for pid in pids[True]] == [False] * 3
+        assert ended[True] == [True] * 4 and not any(map(ignored, pids[True])), ended
+        # Without the hook, what the fix is for: a process still running after the signal printed the traceback.
+        # (Not every one: now and then a signal lands between two callbacks, and that process ends as it should.)
+        swallowed = [pid for pid, gone in zip(pids[False], ended[False]) if not gone]
+        assert swallowed and all(map(ignored, swallowed)), ended
     finally:
         ray.shutdown()
