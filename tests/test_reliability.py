@@ -362,7 +362,7 @@ def test_a_trial_process_sent_sigterm_inside_a_gc_callback_still_ends_and_prints
                 end_even_from_callbacks()
             return os.getpid()
 
-        def collect_garbage(self) -> None:
+        def collect_garbage(self, started_file: str) -> None:
             import weakref
 
             class Held:
@@ -373,6 +373,7 @@ def test_a_trial_process_sent_sigterm_inside_a_gc_callback_still_ends_and_prints
                 while time.perf_counter() - started < 0.01:
                     pass
 
+            Path(started_file).touch()
             while True:
                 held = Held()
                 ref = weakref.ref(held, finalizer)  # noqa: F841 (kept alive until the object dies)
@@ -390,13 +391,18 @@ def test_a_trial_process_sent_sigterm_inside_a_gc_callback_still_ends_and_prints
         logs = Path(ray._private.worker._global_node.get_logs_dir_path())
         trials = {fixed: [Trial.remote() for _ in range(4)] for fixed in (False, True)}
         pids = {fixed: ray.get([t.start.remote(fixed) for t in actors]) for fixed, actors in trials.items()}
-        for actors in trials.values():
-            [t.collect_garbage.remote() for t in actors]
-        time.sleep(1)  # in their loops
+        for fixed, actors in trials.items():
+            [t.collect_garbage.remote(str(tmp_path / str(pid))) for t, pid in zip(actors, pids[fixed])]
+        # each in its loop before the signal (a signal before it ends the idle process as it should, whatever the hook)
+        deadline = time.monotonic() + 60
+        while not all((tmp_path / str(pid)).exists() for pid in pids[False] + pids[True]):
+            assert time.monotonic() < deadline, "the actors never started their loops"
+            time.sleep(0.05)
+        time.sleep(0.2)
         for pid in pids[False] + pids[True]:
             os.kill(pid, signal.SIGTERM)
         signalled = time.monotonic()
-        while any(map(running, pids[True])) and time.monotonic() - signalled < 10:
+        while any(map(running, pids[True])) and time.monotonic() - signalled < 30:
             time.sleep(0.05)
         time.sleep(max(0.0, 3 - (time.monotonic() - signalled)))  # 3 s at least for the others to end, had they
         ended = {fixed: [not running(pid) for pid in pids[fixed]] for fixed in pids}
