@@ -42,6 +42,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 from segtune import naming
 from segtune.cluster import ALLOCATOR_ENV, KEEP_FREED_MEMORY
@@ -170,11 +171,17 @@ def checkpoint_bytes(experiment: Path) -> tuple[int, int]:
     return written, epochs
 
 
+class Head(NamedTuple):
+    """A running Ray head (ray_head): where to join it, with what, and where its processes log."""
+    address: str
+    join_env: dict[str, str]  # what a driver adds to its environment to join (the token)
+    logs: Path
+
+
 @contextlib.contextmanager
 def ray_head(cores: int, folder: Path):
     """A Ray head on 127.0.0.1 for the sweeps to join, token authentication on as README.md's recipe has it (a token
-    of its own, private to the bench); yields (address, the environment a driver joins with). Its processes are one
-    session, ended after."""
+    of its own, private to the bench); yields its Head. Its processes are one session, ended after."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -197,7 +204,7 @@ def ray_head(cores: int, folder: Path):
             if head.poll() is not None or time.monotonic() > deadline:
                 sys.exit(f"ray start --head failed:\n{(folder / 'ray-head.log').read_text()[-2000:]}")
             time.sleep(1)
-        yield address, join, folder / "ray" / "session_latest" / "logs"
+        yield Head(address, join, folder / "ray" / "session_latest" / "logs")
     finally:
         # `ray start --block` stops its processes on SIGTERM, but slowly (its raylet took ~10 s here): what is left
         # after a few seconds is killed, so that nothing of it runs beside the next sweep or the floor's steps
@@ -210,7 +217,7 @@ def ray_head(cores: int, folder: Path):
         head.wait()
 
 
-def sweep(tmp: Path, args, policy: str, name: str, head: tuple[str, dict, Path] | None = None) -> dict:
+def sweep(tmp: Path, args, policy: str, name: str, head: Head | None = None) -> dict:
     """One run of tune_main.py on the grid with ``--checkpoint-every policy``; its figures (floor not yet known).
     ``head``: join that running Ray (``ray_head``)."""
     cmd = [sys.executable, str(REPO / "tune_main.py"), "--data-dir", str(tmp / "data"), "--space",
@@ -220,8 +227,8 @@ def sweep(tmp: Path, args, policy: str, name: str, head: tuple[str, dict, Path] 
            "--no-final-test"]  # test-set inference is work of its own, not in the floor
     env = None
     if head:
-        cmd += ["--address", head[0]]
-        env = {**os.environ, **head[1]}
+        cmd += ["--address", head.address]
+        env = {**os.environ, **head.join_env}
     started, started_epoch = time.perf_counter(), time.time()
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - started
@@ -230,8 +237,8 @@ def sweep(tmp: Path, args, policy: str, name: str, head: tuple[str, dict, Path] 
     clock_moved = time.time() - started_epoch - wall
     if proc.returncode != 0:
         sys.exit(f"sweep failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    if head and not any(head[2].glob("python-core-driver-*")):  # a head of its own: its only driver
-        sys.exit(f"sweep {name} did not join the Ray head at {head[0]} (no driver's log in {head[2]})")
+    if head and not any(head.logs.glob("python-core-driver-*")):  # a head of its own: its only driver
+        sys.exit(f"sweep {name} did not join the Ray head at {head.address} (no driver's log in {head.logs})")
     spans = trial_spans(tmp / "results" / name)
     written, epochs = checkpoint_bytes(tmp / "results" / name)
     if abs(clock_moved) > 1:
