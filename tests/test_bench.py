@@ -109,15 +109,20 @@ def test_quick_asha_vs_fifo_runs_the_same_configs_under_both(tmp_path):
 @pytest.mark.slow
 def test_quick_trial_start_runs_and_writes_json(tmp_path):
     stdout, fig = run_quick("-m bench.trial_start", tmp_path)
-    assert "plain / hook" in stdout
-    assert [r["way"] for r in fig["runs"]] == ["plain", "hook"] and fig["driver_work"] == 1.0
-    plain, hook = fig["runs"]
+    assert "plain / hook" in stdout and "plain / warm" in stdout
+    assert [r["way"] for r in fig["runs"]] == ["plain", "hook", "warm"] and fig["driver_work"] == 1.0
+    plain, hook, warm = fig["runs"]
     # the hook ran in every trial process before the trainable (it imported what trials import); without it the
     # trainable imported it itself
     assert plain["preloaded"] == [False, False] and hook["preloaded"] == [True, True], fig["runs"]
+    # the warming tasks ran in workers of their own; a trial found its imports done exactly when it ran in one
+    assert len(set(warm["warm_pids"])) >= 1 and plain["warm_pids"] == [] and not plain["reused"]
+    assert warm["reused"] == any(pid in warm["warm_pids"] for pid in warm["pids"])
+    assert [pid in warm["warm_pids"] for pid in warm["pids"]] == warm["preloaded"], warm
     for run in fig["runs"]:
         assert 0 < run["to_entered"] <= run["to_imported"], run
     assert fig["plain_over_hook"] == pytest.approx(fig["best"]["plain"] / fig["best"]["hook"])
+    assert fig["plain_over_warm"] == pytest.approx(fig["best"]["plain"] / fig["best"]["warm"])
 
 
 @pytest.mark.slow
