@@ -15,7 +15,7 @@ Measured per trial: from ``Tuner.fit`` to the trainable's first line (process st
 the end of its imports. The ratio plain / hook of the time to the first wave's imports is what a hook would save.
 
     python -m bench.trial_start [--trials 2] [--driver-work 6] [--json out.json]
-    python -m bench.trial_start --quick      # one round, 1 s of driver work (the suite's check of this script)
+    python -m bench.trial_start --quick      # one round, one trial, 1 s of driver work (the suite's check)
 """
 from __future__ import annotations
 
@@ -92,12 +92,12 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=2)
     p.add_argument("--driver-work", type=float, default=6.0, help="seconds between ray.init and Tuner.fit")
     p.add_argument("--rounds", type=int, default=2, help="plain, hook, warm, plain, hook, warm, ...")
-    p.add_argument("--quick", action="store_true", help="one round, 1 s of driver work")
+    p.add_argument("--quick", action="store_true", help="one round, one trial, 1 s of driver work")
     p.add_argument("--json")
     p.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one way in this process
     a = p.parse_args()
     if a.quick:
-        a.rounds, a.driver_work = 1, 1.0
+        a.rounds, a.trials, a.driver_work = 1, 1, 1.0
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # Ray on 127.0.0.1
     if a.one:
         print(json.dumps(one_way(a.one, a.trials, a.driver_work)))
