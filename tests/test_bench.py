@@ -118,8 +118,8 @@ def test_quick_trial_start_runs_and_writes_json(tmp_path):
     assert plain["preloaded"] == [False] and hook["preloaded"] == [True], fig["runs"]
     # the warming tasks ran in workers of their own; a trial found its imports done exactly when it ran in one
     assert len(warm["warm_pids"]) == 1 and plain["warm_pids"] == [] and not plain["reused"]
-    assert warm["reused"] == any(pid in warm["warm_pids"] for pid in warm["pids"])
     assert [pid in warm["warm_pids"] for pid in warm["pids"]] == warm["preloaded"], warm
+    assert warm["reused"] == any(warm["preloaded"]), warm  # what the bench says is what the trial found
     for run in fig["runs"]:
         assert 0 < run["to_entered"] <= run["to_imported"], run
     assert fig["plain_over_hook"] == pytest.approx(fig["best"]["plain"] / fig["best"]["hook"])
