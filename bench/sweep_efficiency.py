@@ -30,24 +30,23 @@ authentication on, in a session of its own that it ends after the sweep), and th
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
-import secrets
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import NamedTuple
-
-from segtune import naming
-from segtune.cluster import ALLOCATOR_ENV, KEEP_FREED_MEMORY
 
 REPO = Path(__file__).resolve().parents[1]
+if not __package__:  # run as a file (python bench/sweep_efficiency.py): bench.* is imported from the checkout
+    sys.path.insert(0, str(REPO))
+
+from bench.ray_head import Head, ray_head  # noqa: E402
+from segtune import naming  # noqa: E402
+from segtune.cluster import ALLOCATOR_ENV, KEEP_FREED_MEMORY  # noqa: E402
+
 RUNNING = "@running-ray"  # the label of a sweep that joined a Ray head started before it (--ray)
 
 # Two grids of 4 configs, each of (nearly) equal cost: the benchmark measures overhead, not how well 2 trials of
@@ -171,52 +170,6 @@ def checkpoint_bytes(experiment: Path) -> tuple[int, int]:
     return written, epochs
 
 
-class Head(NamedTuple):
-    """A running Ray head (ray_head): where to join it, with what, and where its processes log."""
-    address: str
-    join_env: dict[str, str]  # what a driver adds to its environment to join (the token)
-    logs: Path
-
-
-@contextlib.contextmanager
-def ray_head(cores: int, folder: Path):
-    """A Ray head on 127.0.0.1 for the sweeps to join, token authentication on as README.md's recipe has it (a token
-    of its own, private to the bench); yields its Head. Its processes are one session, ended after."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    folder.mkdir(parents=True, exist_ok=True)
-    token = folder / "auth_token"
-    token.touch(mode=0o600)
-    token.write_text(secrets.token_hex(32))
-    join = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
-    env = {**os.environ, **join, "RAY_TMPDIR": str(folder)}  # its session's files in the bench's temporary folder
-    env.pop("RAY_ADDRESS", None)
-    ray = str(Path(sys.executable).parent / "ray")
-    address = f"127.0.0.1:{port}"
-    with open(folder / "ray-head.log", "w") as log:
-        head = subprocess.Popen([ray, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-                                 f"--num-cpus={cores}", "--include-dashboard=false", "--disable-usage-stats"],
-                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while subprocess.run([ray, "status", f"--address={address}"], env=env, capture_output=True).returncode:
-            if head.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"ray start --head failed:\n{(folder / 'ray-head.log').read_text()[-2000:]}")
-            time.sleep(1)
-        yield Head(address, join, folder / "ray" / "session_latest" / "logs")
-    finally:
-        # `ray start --block` stops its processes on SIGTERM, but slowly (its raylet took ~10 s here): what is left
-        # after a few seconds is killed, so that nothing of it runs beside the next sweep or the floor's steps
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(timeout=5)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        head.wait()
-
-
 def sweep(tmp: Path, args, policy: str, name: str, head: Head | None = None) -> dict:
     """One run of tune_main.py on the grid with ``--checkpoint-every policy``; its figures (floor not yet known).
     ``head``: join that running Ray (``ray_head``)."""
@@ -237,7 +190,7 @@ def sweep(tmp: Path, args, policy: str, name: str, head: Head | None = None) -> 
     clock_moved = time.time() - started_epoch - wall
     if proc.returncode != 0:
         sys.exit(f"sweep failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    if head and not any(head.logs.glob("python-core-driver-*")):  # a head of its own: its only driver
+    if head and not head.drivers():  # a head of its own: its only driver
         sys.exit(f"sweep {name} did not join the Ray head at {head.address} (no driver's log in {head.logs})")
     spans = trial_spans(tmp / "results" / name)
     written, epochs = checkpoint_bytes(tmp / "results" / name)
