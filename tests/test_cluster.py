@@ -16,7 +16,7 @@ from conftest import RAN_TO_END, REPO, SMALL_ENCODER, run_cli
 from segcore.errors import UserError
 from segtune import cluster
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_cluster")]
 
 SMP_RESNET18 = ("smp-hub/resnet18.imagenet", "3f2325ff978283d47aa6a1d6878ca20565622683")  # SMP 0.6's pins
 
@@ -27,13 +27,34 @@ def read_trials(experiment: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
-    """Head + one worker node, one CPU each, both on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)."""
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def two_nodes(monkeypatch_module):
+    """Head + one worker node, one CPU each, both on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).
+
+    Its processes are told its address (RAY_ADDRESS, inherited from the raylets): other Ray instances run on this
+    machine beside it (the suite's other worker), and Ray Train's placement-group cleaner, which frees a stopped DDP
+    trial's workers, looks the cluster up through the state API, which without an address refuses to choose among
+    several instances ("Found multiple active Ray instances"): the stopped trial's workers were never freed and
+    the next trial waited for them forever."""
+    import socket
+
     import ray
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
-    c.add_node(num_cpus=1)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with monkeypatch_module.context() as env:  # for the cluster's own processes, not for the tests' drivers
+        env.setenv("RAY_GCS_SERVER_PORT", str(port))
+        env.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+        c.add_node(num_cpus=1)
+    assert c.address == f"127.0.0.1:{port}", c.address
     c.wait_for_nodes()
     ray.init(address=c.address)
     yield c
