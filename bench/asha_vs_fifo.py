@@ -11,6 +11,7 @@ scratch, the generated data's early epochs say little about the final ranking (s
     python bench/asha_vs_fifo.py [--num-samples 16] [--max-epochs 27] [--grace-period 1] [--reduction-factor 3]
                                  [--arch fpn|unet|any]
     python bench/asha_vs_fifo.py --quick      # 4 samples x 2 epochs, no pretraining: proves it runs
+    python bench/asha_vs_fifo.py --address HOST:PORT ...   # both sweeps on a running Ray (a cluster)
 """
 from __future__ import annotations
 
@@ -58,7 +59,7 @@ def sweep(scheduler: str, args, data: Path, storage: Path, weights: str) -> tupl
            "--reduction-factor", str(args.reduction_factor), "--storage-path", str(storage), "--name", scheduler,
            "--set", f"image_size={args.image_size}", "--set", "encoder=resnet18",
            "--set", f"encoder_weights={weights}", "--set", f"val_fraction={args.val_fraction}",
-           *[x for kv in args.set for x in ("--set", kv)]]
+           *[x for kv in args.set for x in ("--set", kv)], *(["--address", args.address] if args.address else [])]
     wall = run(cmd, f"the {scheduler} sweep")
     with open(storage / scheduler / "trials.csv") as f:
         return list(csv.DictReader(f)), wall
@@ -83,6 +84,8 @@ def main() -> None:
                         "BENCHMARKS.md)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="also fix this config field in both sweeps (repeatable)")
+    p.add_argument("--address", help="both sweeps join this running Ray (tune_main.py --address; its token, if any, "
+                                     "from this environment) instead of each starting its own")
     p.add_argument("--json")
     p.add_argument("--keep", type=Path, help="work in this (new) folder and keep it: data, weights, both sweeps")
     p.add_argument("--quick", action="store_true")

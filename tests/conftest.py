@@ -54,6 +54,28 @@ def pets_copy(pets_root, tmp_path) -> Path:
     return dst
 
 
+@pytest.fixture(scope="session")
+def shared_ray():
+    """The session's one Ray head (tests/shared_ray.py), started at the first test that asks for it. Tests that are
+    about starting or stopping Ray, signals, token authentication or a lost host start their own instead."""
+    import shutil
+
+    from shared_ray import SharedRay, short_folder
+
+    from bench.ray_head import ray_head
+
+    folder = short_folder("ray-tests-")
+    try:
+        with ray_head(len(os.sched_getaffinity(0)), folder, prestart_workers=False) as head:
+            shared = SharedRay(head)
+            try:
+                yield shared
+            finally:
+                shared.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture
 def tiny_config(pets_root):
     from segcore.config import TrainConfig

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import RAN_TO_END, REPO, SMALL_ENCODER, run_cli
 from segcore.metrics_names import SWEEP_METRIC
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_sweep")]
 
 NUM_SAMPLES = 6
 MAX_EPOCHS = 3
@@ -34,9 +34,12 @@ def read_trials(experiment: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
+def sweep(tmp_path_factory, shared_ray):
+    """The module's one sweep, on the session's shared Ray (what it checks is not Ray's own start)."""
     root = tmp_path_factory.mktemp("sweep")
-    proc = run_cli(*sweep_flags(root / "data", root / "results", "e2e", "--max-concurrent", "2"), timeout=900)
+    with shared_ray.joined() as join:
+        proc = run_cli(*sweep_flags(root / "data", root / "results", "e2e", "--max-concurrent", "2", *join.flags),
+                       env=join.env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "results" / "e2e", proc
 
