@@ -11,7 +11,11 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from segcore.pets_files import read_split
+
+pytestmark = pytest.mark.xdist_group("test_library_facts")  # a module-scoped fixture: one worker
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,12 +51,27 @@ def run_python(code: str, cache: Path) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def test_validation_asks_smp_once_per_version_then_reads_the_same_answers(tmp_path):
-    first = run_python(CHECK_CONFIGS, tmp_path / "cache")
+@pytest.fixture(scope="module")
+def asked(tmp_path_factory) -> tuple[dict, Path]:
+    """One interpreter that found nothing known and asked SMP: its answers, and the cache folder it kept them in
+    (read-only for tests: ``cache_copy`` gives a test one of its own)."""
+    cache = tmp_path_factory.mktemp("asked") / "cache"
+    return run_python(CHECK_CONFIGS, cache), cache
+
+
+@pytest.fixture
+def cache_copy(asked, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(asked[1], tmp_path / "cache"))
+
+
+def test_validation_asks_smp_once_per_version_then_reads_the_same_answers(asked, cache_copy):
+    first = asked[0]
     assert first["smp_imported"]  # nothing known yet: SMP answers
-    facts = list((tmp_path / "cache").glob("library-facts-*.json"))
+    facts = list(cache_copy.glob("library-facts-*.json"))
     assert len(facts) == 1
-    second = run_python(CHECK_CONFIGS, tmp_path / "cache")
+    second = run_python(CHECK_CONFIGS, cache_copy)
     assert not second["smp_imported"] and not second["torch_imported"]
     assert second["answers"] == first["answers"]
     # and the answers are SMP's own: valid configs pass, each bad one is refused for its own reason
@@ -65,10 +84,9 @@ def test_validation_asks_smp_once_per_version_then_reads_the_same_answers(tmp_pa
     assert "does not build or run" in too_small[0] and "pan with encoder resnet18 at 32px" in too_small[0]
 
 
-def test_another_installed_version_asks_smp_again(tmp_path):
+def test_another_installed_version_asks_smp_again(cache_copy):
     """The file is named by the versions of SMP, timm and torch: a version seen for the first time is asked."""
-    cache = tmp_path / "cache"
-    run_python(CHECK_CONFIGS, cache)
+    cache = cache_copy
     code = """
 import importlib.metadata as metadata
 real = metadata.version
@@ -97,9 +115,8 @@ def test_an_unwritable_cache_only_costs_time(tmp_path):
     assert second["answers"] == first["answers"] and first["answers"][0] is None
 
 
-def test_a_damaged_facts_file_is_asked_again_and_replaced(tmp_path):
-    cache = tmp_path / "cache"
-    good = run_python(CHECK_CONFIGS, cache)
+def test_a_damaged_facts_file_is_asked_again_and_replaced(asked, cache_copy):
+    cache, good = cache_copy, asked[0]
     facts = next(cache.glob("library-facts-*.json"))
     facts.write_text('{"facts": {"architectures": ')  # a file cut short
     again = run_python(CHECK_CONFIGS, cache)
@@ -107,7 +124,7 @@ def test_a_damaged_facts_file_is_asked_again_and_replaced(tmp_path):
     assert "architectures" in json.loads(facts.read_text())["facts"]
 
 
-def test_the_sweep_driver_prepares_a_sweep_without_torch_or_lightning(tmp_path, pets_root):
+def test_the_sweep_driver_prepares_a_sweep_without_torch_or_lightning(tmp_path, pets_root, cache_copy):
     """Everything the driver does before Tuner.fit on a space of untrained encoders: validate the space, check and
     decode the data, hand Tune the trainable. None of it may import torch, Lightning or SMP (4-5 s that would come
     before the trials' start): a top-level import of one of them in these modules fails this test."""
@@ -115,7 +132,7 @@ def test_the_sweep_driver_prepares_a_sweep_without_torch_or_lightning(tmp_path, 
     space.write_text("# test\narch: unet\nencoder: resnet18\nencoder_weights: none\nimage_size: 64\n"
                      "lr: {loguniform: [1.0e-4, 1.0e-2]}\n")
     load = f"from segtune.spaces import load_space\nspace = load_space({str(space)!r}, {{}}, 'optuna')\n"
-    run_python(load + "print('{}')", tmp_path / "cache")  # the first time: SMP answers, and its answers are kept
+    cache = cache_copy  # SMP asked once already (this space's arch, encoder and size among its questions)
     code = load.replace("from segtune.spaces", "import segtune.driver, segtune.trainable\nfrom segtune.spaces") + f"""
 import json, sys
 from pathlib import Path
@@ -127,7 +144,7 @@ print(json.dumps({{"heavy": sorted({{m.split(".")[0] for m in sys.modules}} & {{
                   "lightning", "segmentation_models_pytorch", "timm", "torchvision"}}),
                   "decoded": {{str(k): len(v) for k, v in assets.decoded.items()}}, "notes": notes}}))
 """
-    out = run_python(code, tmp_path / "cache")
+    out = run_python(code, cache)
     assert out["heavy"] == []
     trainval, _ = read_split(pets_root, "trainval")
     assert out["decoded"] == {"64": len(trainval)}  # the data checked and decoded all the same
