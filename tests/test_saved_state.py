@@ -98,6 +98,7 @@ def test_resume_refuses_a_result_file_shorter_than_what_was_committed(tmp_path):
         restore(str(exp), 2)
 
 
+@pytest.mark.slow  # a real Tune run on Ray
 def test_with_tune_every_commit_holds_tunes_state_and_exactly_the_visible_rows(tmp_path, monkeypatch):
     """Against the Ray this was written for: Tune calls Callback.get_state after writing its state files to the
     staging folder, names them as saved_state expects, and a trial's rows appear once committed."""
@@ -225,6 +226,7 @@ def check_commits(exp: Path, grid) -> None:
         assert result.metrics_dataframe["epoch"].tolist() == [1, 2, 3, 4, 5]  # Tune reads our result.json back
 
 
+@pytest.mark.slow  # a real Tune run on Ray
 def test_progress_line_best_counts_only_rows_not_lost_to_a_restart(tmp_path, monkeypatch, capsys):
     """A trial that fails after reporting an epoch with no full state behind it restarts from its last full state
     and runs that epoch again: the first run's value is lost (the summary never sees it), yet Tune's
