@@ -30,17 +30,24 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 
-test: lint
-	$(PY) -m pytest -q -rs tests
+# The suite in TEST_WORKERS processes (pytest-xdist): tests sharing a module's fixture (a sweep, a cluster) stay in
+# one (xdist_group). The tests are sized for 2 cores: more workers than cores only makes each test slower.
+# The slowest 15 tests are listed at the end of each run: where the suite's time goes, in every CI log.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 
+test: lint
+	$(PYTEST) -rs tests
+
+# The inner loop: config, data, model, spaces, settings, results and bad input, without sweeps (about 1.5 minutes)
 test-fast: lint
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 # The cluster recipes run for real (tests/cluster/, skipped by `make test`): README's `ray start` recipe on two hosts
 # (network namespaces), `ray job submit`, a lost host, sweep.sbatch on a SLURM of the tests' own. They need root;
 # the Debian packages are installed here when missing. pytest's summary says what ran, and what was skipped and why.
 cluster-test: $(STAMP) cluster-deps
-	SEGSWEEP_CLUSTER_TESTS=1 $(PY) -m pytest -q -rA tests/cluster
+	SEGSWEEP_CLUSTER_TESTS=1 $(PYTEST) -rA tests/cluster
 
 CLUSTER_PACKAGES := ip:iproute2 unshare:util-linux sbatch:slurm-wlm munged:munge
 cluster-deps:

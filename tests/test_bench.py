@@ -82,6 +82,7 @@ def test_quick_sweep_efficiency_can_join_a_ray_started_before_the_sweep(tmp_path
     assert "(joined a running Ray)" in stdout and "joining a running Ray" in stdout
 
 
+@pytest.mark.slow
 def test_quick_epoch_overhead_times_the_same_epochs_four_ways(tmp_path):
     stdout, fig = run_quick("-m bench.epoch_overhead", tmp_path)
     assert (fig["arch"], fig["epochs"]) == ("unet", 2)
@@ -94,8 +95,9 @@ def test_quick_epoch_overhead_times_the_same_epochs_four_ways(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_asha_vs_fifo_runs_the_same_configs_under_both(tmp_path):
-    stdout, fig = run_quick("bench/asha_vs_fifo.py", tmp_path)
+def test_quick_asha_vs_fifo_runs_the_same_configs_under_both(tmp_path, shared_ray):
+    with shared_ray.joined() as join:  # both sweeps join the session's Ray (what is checked is not Ray's start)
+        stdout, fig = run_quick(f"bench/asha_vs_fifo.py --address {join.address}", tmp_path, env=join.env)
     assert "epochs ASHA / FIFO =" in stdout
     assert fig["same_configs"] is True
     n, max_epochs = fig["num_samples"], fig["max_epochs"]

@@ -21,6 +21,8 @@ import segcore.download
 from segcore.download import FOLDER, download_pets, is_complete
 from segcore.errors import UserError
 
+pytestmark = pytest.mark.xdist_group("test_download")  # a module-scoped fixture: one worker
+
 ARCHIVES = ("images.tar.gz", "annotations.tar.gz")
 
 

@@ -12,6 +12,8 @@ from PIL import Image
 
 from conftest import SMALL_ENCODER, run_cli
 
+pytestmark = pytest.mark.xdist_group("test_predict")  # a module-scoped fixture: one worker
+
 IMAGE_SIZE = 64
 
 

@@ -12,6 +12,8 @@ from PIL import Image
 from segcore.errors import UserError
 from segcore.synthetic import BREEDS, generate
 
+pytestmark = pytest.mark.xdist_group("test_synthetic")  # a module-scoped fixture: one worker
+
 REPO = Path(__file__).resolve().parents[1]
 NUM = 40
 

@@ -12,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import SMALL_ENCODER, run_cli
 from segcore.metrics_names import LEARNING_RATE, SWEEP_METRIC, TRAIN_LOSS, stage_metric
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_train_cli")]
 
 
 def tiny_flags(data_dir: Path, out: Path) -> list[str]:

@@ -12,7 +12,7 @@ import pytest
 from conftest import RAN_TO_END, SMALL_ENCODER, run_cli
 from segtune.cluster import LOGICAL_GPUS_ON_CPU
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_fractional_gpus")]
 
 SWITCH = {LOGICAL_GPUS_ON_CPU: "1"}
 

@@ -33,6 +33,8 @@ from jsonschema import Draft202012Validator, ValidationError, validators
 from kubernetes.utils import parse_quantity
 from packaging.requirements import Requirement
 
+pytestmark = pytest.mark.xdist_group("test_kuberay_manifest")  # a module-scoped fixture: one worker
+
 REPO = Path(__file__).resolve().parents[2]
 MANIFEST = REPO / "deploy" / "kuberay" / "rayjob.yaml"
 DEPLOY_README = REPO / "deploy" / "kuberay" / "README.md"

@@ -23,7 +23,7 @@ from bench.kill_anywhere import check_sweep, count_rows, read_rows
 from conftest import RAN_TO_END, REPO, SMALL_ENCODER
 from machine import apt_install, require_root
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.xdist_group("test_slurm")]
 
 SCRIPT = "scripts/slurm/sweep.sbatch"
 # This machine on the sbatch line: one node, its 2 CPUs, no GPU (the script's defaults: 2 nodes, 16 CPUs, gpu:4)

@@ -19,7 +19,7 @@ from conftest import RAN_TO_END, REPO, SMALL_ENCODER
 from machine import require_root
 from netns_hosts import SECOND_HOSTNAME, TwoHosts
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.xdist_group("test_two_hosts")]
 
 
 @pytest.fixture(scope="module")
