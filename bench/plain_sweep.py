@@ -115,6 +115,11 @@ def main() -> None:
              "data_dir": os.path.abspath(args.data_dir), **{k: v for k, v in fixed.items() if k not in searched},
              **{k: tune.grid_search(v) for k, v in searched.items()}}
     started = time.perf_counter()
+    # A Ray of its own, as tune_main.py starts: Tune's implicit ray.init() would join any Ray that `ray start` left
+    # running on this machine (another benchmark's head, or the test suite's shared one) and run the trials there
+    import ray
+
+    ray.init(address="local")
     tuner = tune.Tuner(tune.with_resources(train_fn, {"cpu": 1}), param_space=space,
                        tune_config=tune.TuneConfig(metric="iou", mode="max", num_samples=1),
                        run_config=tune.RunConfig(name="plain", storage_path=os.path.abspath(args.storage_path),
