@@ -88,7 +88,13 @@ def tiny_config(pets_root):
 CLUSTER_TESTS = "SEGSWEEP_CLUSTER_TESTS"
 
 
+@pytest.hookimpl(trylast=True)  # after pytest-xdist's own, which names each test's xdist_group in its node id
 def pytest_collection_modifyitems(config, items):
+    if getattr(config.option, "loadgroup", False):
+        alone = [i.nodeid for i in items if i.get_closest_marker("xdist_group") and "@" not in i.nodeid]
+        if alone:  # a module's shared fixture (a sweep, a cluster) would be made again in each worker
+            raise pytest.UsageError(f"--dist loadgroup did not group {alone[0]} (and {len(alone) - 1} more): this "
+                                    "pytest and pytest-xdist do not work together; see requirements-dev.txt")
     if os.environ.get(CLUSTER_TESTS) == "1":
         return
     skip = pytest.mark.skip(reason="a cluster test (root, namespaces or Debian packages, minutes): "
