@@ -39,7 +39,7 @@ PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15
 test: lint
 	$(PYTEST) -rs tests
 
-# The inner loop: config, data, model, spaces, settings, results and bad input, without sweeps (about 1.5 minutes)
+# The inner loop: config, data, model, spaces, settings, results and bad input, without sweeps (about 1 minute)
 test-fast: lint
 	$(PYTEST) -m "not slow" tests
 
