@@ -12,6 +12,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Set before anything imports ray / huggingface_hub, and inherited by every subprocess a test starts.
 os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray binds to 127.0.0.1
 os.environ["HF_HUB_OFFLINE"] = "1"
+# The decode cache is the session's: made by the process that sets it (pytest-xdist's controller, whose workers
+# inherit it) and removed by that process alone, at its end: a worker that finished first removed it under the other
+# worker's tests, whose next process then found no library facts and imported SMP to ask again.
+OWN_CACHE = "SEGCORE_CACHE_DIR" not in os.environ
 os.environ.setdefault("SEGCORE_CACHE_DIR", str(Path(os.environ.get("PYTEST_TMPDIR", "/tmp")) /
                                               f"segcore-test-cache-{os.getpid()}"))
 
@@ -107,5 +111,5 @@ def pytest_collection_modifyitems(config, items):
 def pytest_sessionfinish(session, exitstatus):
     import shutil
 
-    if "segcore-test-cache-" in os.environ.get("SEGCORE_CACHE_DIR", ""):
+    if OWN_CACHE and "segcore-test-cache-" in os.environ.get("SEGCORE_CACHE_DIR", ""):
         shutil.rmtree(os.environ["SEGCORE_CACHE_DIR"], ignore_errors=True)
