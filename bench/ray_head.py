@@ -26,15 +26,20 @@ class Head(NamedTuple):
         return {p.name for p in self.logs.glob("python-core-driver-*")}
 
 
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (for a Ray GCS to take)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 @contextlib.contextmanager
 def ray_head(cores: int, folder: Path, prestart_workers: bool = True):
     """A Ray head for sweeps to join, token authentication on with a token of its own (private to its caller);
     yields its Head. Its processes are one session, ended after. ``folder`` holds its files: keep its path short,
     Ray's socket paths lie under it. ``prestart_workers=False``: no workers started for the first driver (they
     would carry no job's runtime_env, so no trial could use them)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     folder.mkdir(parents=True, exist_ok=True)
     token = folder / "auth_token"
     token.touch(mode=0o600)

@@ -27,13 +27,7 @@ def read_trials(experiment: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def monkeypatch_module():
-    with pytest.MonkeyPatch.context() as patch:
-        yield patch
-
-
-@pytest.fixture(scope="module")
-def two_nodes(monkeypatch_module):
+def two_nodes():
     """Head + one worker node, one CPU each, both on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).
 
     Its processes are told its address (RAY_ADDRESS, inherited from the raylets): other Ray instances run on this
@@ -41,15 +35,13 @@ def two_nodes(monkeypatch_module):
     trial's workers, looks the cluster up through the state API, which without an address refuses to choose among
     several instances ("Found multiple active Ray instances"): the stopped trial's workers were never freed and
     the next trial waited for them forever."""
-    import socket
-
     import ray
     from ray.cluster_utils import Cluster
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    with monkeypatch_module.context() as env:  # for the cluster's own processes, not for the tests' drivers
+    from bench.ray_head import free_port
+
+    port = free_port()
+    with pytest.MonkeyPatch.context() as env:  # for the cluster's own processes, not for the tests' drivers
         env.setenv("RAY_GCS_SERVER_PORT", str(port))
         env.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
