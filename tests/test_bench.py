@@ -45,15 +45,18 @@ def test_quick_data_throughput_runs_and_writes_json(tmp_path):
 
 
 @pytest.mark.slow
-def test_quick_sweep_efficiency_runs_and_writes_json(tmp_path):
-    stdout, fig = run_quick("bench/sweep_efficiency.py", tmp_path)
+def test_quick_sweep_efficiency_joins_a_ray_started_before_each_sweep_and_writes_json(tmp_path):
+    """--ray running: each sweep joins a head the bench started for it (token authentication on), as on a cluster;
+    the bench itself checks in the head's logs that the sweep's driver joined it, and fails otherwise. (The local
+    way differs only in not passing --address: every other sweep of the suite starts its own Ray.)"""
+    stdout, fig = run_quick("bench/sweep_efficiency.py --ray running", tmp_path)
     assert "wall / floor =" in stdout
     assert (fig["configs"], fig["epochs"], fig["image_size"]) == (4, 1, 64)
     assert fig["bare_total_s"] > 0 and fig["floor_s"] == pytest.approx(fig["bare_total_s"] / fig["cores"], abs=0.01)
     # the floor again with the trials' allocator settings, in a process of its own
     assert fig["floor_trials_allocator_s"] == pytest.approx(fig["bare_total_trials_allocator_s"] / fig["cores"],
                                                             abs=0.01) and fig["bare_total_trials_allocator_s"] > 0
-    assert set(fig["runs"]) == {"1", "auto"}
+    assert fig["ray"] == "running" and list(fig["runs"]) == ["1@running-ray", "auto@running-ray"]
     for run in fig["runs"].values():
         assert run["wall_over_floor"] == pytest.approx(run["wall_s"] / fig["floor_s"], rel=0.01)  # both rounded
         assert run["wall_over_floor_trials_allocator"] == pytest.approx(run["wall_s"] / fig["floor_trials_allocator_s"],
@@ -62,24 +65,15 @@ def test_quick_sweep_efficiency_runs_and_writes_json(tmp_path):
         assert 0 < run["startup_s"] and 0 <= run["tail_s"] and run["startup_s"] + run["tail_s"] < run["wall_s"]
         assert run["trials_total_s"] > 0 and run["epochs"] == 4
     # one epoch each: the full state every epoch, against the weights alone (the first epoch always improves)
-    assert fig["runs"]["auto"]["checkpoint_mb_per_epoch"] < fig["runs"]["1"]["checkpoint_mb_per_epoch"]
+    assert fig["runs"]["auto@running-ray"]["checkpoint_mb_per_epoch"] < \
+        fig["runs"]["1@running-ray"]["checkpoint_mb_per_epoch"]
+    assert "(joined a running Ray)" in stdout and "joining a running Ray" in stdout
     # the plain pattern (bench/plain_sweep.py) ran the same 4 configs, and the ratio is of the two walls
     plain = fig["plain"]
     assert plain["trials"] == 4 and plain["wall_s"] > 0
-    assert plain["plain_over_sweep"] == pytest.approx(plain["wall_s"] / fig["runs"]["auto"]["wall_s"], rel=0.01)
+    assert plain["plain_over_sweep"] == pytest.approx(plain["wall_s"] / fig["runs"]["auto@running-ray"]["wall_s"],
+                                                      rel=0.01)
     assert "the sweep is" in stdout and "faster" in stdout
-
-
-@pytest.mark.slow
-def test_quick_sweep_efficiency_can_join_a_ray_started_before_the_sweep(tmp_path):
-    """--ray running: the sweep joins a head the bench started (token authentication on); the bench itself checks in
-    the head's logs that the sweep's driver joined it, and fails otherwise."""
-    stdout, fig = run_quick("bench/sweep_efficiency.py --ray running --no-plain --checkpoint-every auto", tmp_path)
-    assert fig["ray"] == "running" and fig["plain"] is None
-    assert list(fig["runs"]) == ["auto@running-ray"]
-    run = fig["runs"]["auto@running-ray"]
-    assert run["epochs"] == 4 and 0 < run["startup_s"] and run["startup_s"] + run["tail_s"] < run["wall_s"]
-    assert "(joined a running Ray)" in stdout and "joining a running Ray" in stdout
 
 
 @pytest.mark.slow

@@ -107,7 +107,9 @@ def test_ddp_trials_report_world_size_and_are_stopped_cleanly(two_nodes, pets_ro
     proc = run_cli("tune_main.py", "--address", two_nodes.address, "--data-dir", str(pets_root),
                    "--space", "smoke", "--set", "image_size=64", "--set", f"encoder={SMALL_ENCODER}",
                    "--num-samples", "3", "--max-epochs", "2", "--reduction-factor", "2", "--workers-per-trial", "2",
-                   "--cpus-per-trial", "0.5", "--storage-path", str(storage), "--name", "ddp", timeout=900)
+                   "--cpus-per-trial", "0.5", "--storage-path", str(storage), "--name", "ddp",
+                   "--no-final-test",  # what is checked is the trials' workers; the final test is test_sweep's
+                   timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = read_trials(storage / "ddp")
     assert len(rows) == 3
