@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -159,3 +161,21 @@ def test_quick_side_by_side_times_each_config_alone_and_together(tmp_path):
     for i in ("0", "1"):
         assert fig["ratio"][i] == round(fig["runs"]["together"][0][i]["steps_s"] /
                                         fig["runs"]["alone"][0][i]["steps_s"], 3)
+
+
+@pytest.mark.slow
+def test_cpu_by_process_finds_a_torch_process_under_its_kind_and_passes_its_exit_code_on(tmp_path):
+    out = tmp_path / "cpu.json"
+    python = sys.executable
+    proc = run_cli("-m", "bench.cpu_by_process", "--interval", "0.1", "--json", str(out), "--", python, "-c",
+                   "import torch; sum(i * i for i in range(2 * 10**6))", cwd=REPO, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    fig = json.loads(out.read_text())
+    mine = fig["by_kind"][f"{Path(python).name} -c"]  # the command's own process, which imported torch
+    assert mine["processes"] == 1 and mine["torch_processes"] == 1 and mine["cpu_s"] > 0.5, fig["by_kind"]
+    assert fig["torch_processes"] >= 1 and fig["torch_core_s"] >= mine["cpu_s"]
+    assert 0 < fig["sampled_core_s"] and fig["busy_core_s"] > 0 and fig["exit"] == 0
+    assert "processes that imported torch:" in proc.stdout
+
+    proc = run_cli("-m", "bench.cpu_by_process", "--", python, "-c", "import sys; sys.exit(3)", cwd=REPO)
+    assert proc.returncode == 3, proc.stdout + proc.stderr  # the command's exit code, as `time` passes it on
