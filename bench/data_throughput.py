@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 
 from segcore.config import TrainConfig  # noqa: E402
 from segcore.data import PetsDataModule, PetsSegmentation  # noqa: E402
-from segcore.decoded import available_cores  # noqa: E402
+from segcore.data.decoded import available_cores  # noqa: E402
 from segcore.synthetic import generate  # noqa: E402
 
 BATCH = 16

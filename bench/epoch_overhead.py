@@ -80,7 +80,7 @@ def main() -> None:
 
     from segcore.build import quiet_lightning
     from segcore.config import TrainConfig
-    from segcore.data import PetsDataModule
+    from segcore.data.datamodule import PetsDataModule
     from segcore.synthetic import generate
 
     quiet_lightning()

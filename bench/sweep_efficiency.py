@@ -87,7 +87,7 @@ def bare_steps(cfg) -> float:
     """Seconds of ``cfg``'s train + validation steps over its epochs, tensors preloaded, nothing else."""
     import torch
 
-    from segcore.data import PetsDataModule
+    from segcore.data.datamodule import PetsDataModule
     from segcore.metrics import BinarySegMetrics
     from segcore.model import SegmentationModule
     from segcore.optim import build_optimizer

@@ -1,5 +1,5 @@
 """What segcore keeps between runs, in ``$SEGCORE_CACHE_DIR`` (default ``~/.cache/segcore``): the decoded splits
-(``segcore.decoded``) and the installed libraries' answers to the questions a config's validation asks.
+(``segcore.data.decoded``) and the installed libraries' answers to the questions a config's validation asks.
 
 Validating a config asks SMP which architectures and encoders exist, which weights an encoder has, and whether an
 architecture x encoder x image size builds (``segcore.config``). Answering needs SMP imported, and with it torch,

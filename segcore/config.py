@@ -104,8 +104,8 @@ class TrainConfig:
     accelerator: str = "auto"
     devices: str = "auto"  # Lightning's devices: "auto", a count ("2") or a list ("0,1")
     channels_last: Optional[bool] = None  # NHWC memory format (tensor-core GPUs); None: on a GPU only
-    data_path: str = "auto"  # batches from the host loader, or cut on the device (segcore.device_data); auto: on a
-    #                          GPU when the split fits in a quarter of its memory
+    data_path: str = "auto"  # batches from the host loader, or cut on the device (segcore.data.device_batches);
+    #                          auto: on a GPU when the split fits in a quarter of its memory
     compile: bool = False  # torch.compile the network (GPU runs; adds start-up time)
 
     # ----- construction -------------------------------------------------------------------------------------

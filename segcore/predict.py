@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from segcore.build import load_module
 from segcore.callbacks import overlay
-from segcore.decoded import load_image
+from segcore.data.decoded import load_image
 from segcore.errors import EXIT_USER_ERROR, UserError, cli_entry
 from segcore.model import SegmentationModule
 

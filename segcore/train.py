@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 
 from segcore.build import build_module, describe_device, make_trainer, quiet_lightning
 from segcore.config import TrainConfig, read_mapping
-from segcore.data import PetsDataModule
+from segcore.data.datamodule import PetsDataModule
 from segcore.errors import UserError, cli_entry
 
 log = logging.getLogger("segcore")

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Optional
 
 from segcore.config import TrainConfig
-from segcore.decoded import DecodedSplit
+from segcore.data.decoded import DecodedSplit
 
 if TYPE_CHECKING:  # the driver builds the assets while its Ray starts: torch only for pretrained weights
     import torch
@@ -35,7 +35,7 @@ def build_assets(configs: list[TrainConfig], data: bool = True
     returns the trials' assets, the test split at each size (memory-mapped, for the final test only) and notes."""
     import numpy as np
 
-    from segcore.pets_files import check_splits
+    from segcore.data.pets import check_splits
 
     assets, tests, notes = SweepAssets(), {}, []
     for size in sorted({c.image_size for c in configs}) if data else []:

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from segcore.config import TrainConfig
-from segcore.decoded import DecodedSplit
+from segcore.data.decoded import DecodedSplit
+from segcore.data.pets import find_root, layout_complete
 from segcore.errors import UserError
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
-from segcore.pets_files import find_root, layout_complete
 from segtune import cluster, prepare, saved_state
 from segtune.checkpoint_policy import CheckpointPolicy
 from segtune.interrupts import Interrupts

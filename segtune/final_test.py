@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from segcore.decoded import DecodedSplit
+from segcore.data.decoded import DecodedSplit
 from segcore.metrics_names import EVAL_METRICS, stage_metric
 from segtune.results import checkpoint_location
 from segtune.storage import CHECKPOINT_FILE, TEST_METRICS_FILE, write_text_atomic
@@ -21,7 +21,7 @@ def evaluate(checkpoint_file: str, test: DecodedSplit) -> dict[str, Any]:
     Dice, and the loss. Runs wherever it is called (a GPU if one is visible), at the precision the trial trained
     at (its config's, resolved on this device as the trial resolved it)."""
     from segcore.build import load_module, quiet_lightning, test_trainer
-    from segcore.data import PetsDataModule
+    from segcore.data.datamodule import PetsDataModule
 
     quiet_lightning(placed=True)
     module = load_module(Path(checkpoint_file))

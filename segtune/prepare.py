@@ -61,7 +61,7 @@ def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, synthetic_im
                    dry_run: bool = False) -> Optional[str]:
     """Generate or download the dataset when asked and absent. In a dry run nothing is fetched: returns what
     would happen instead (and the data check is then skipped)."""
-    from segcore.pets_files import find_root
+    from segcore.data.pets import find_root
 
     if dry_run:
         try:
@@ -81,6 +81,6 @@ def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, synthetic_im
             generate(data_dir, num=synthetic_images, seed=0, min_size=64, max_size=128)
             print(f"generated a synthetic Oxford-IIIT Pet stand-in of {synthetic_images} images in {data_dir}")
     elif download:
-        from segcore.download import download_pets
+        from segcore.data.download import download_pets
 
         download_pets(data_dir)

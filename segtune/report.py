@@ -298,7 +298,7 @@ def run_best_model(checkpoint: Path, data_dir: str):
     import torch
 
     from segcore.callbacks import comparison_grid
-    from segcore.data import PetsDataModule
+    from segcore.data.datamodule import PetsDataModule
     from segcore.model import SegmentationModule
 
     module = SegmentationModule.from_checkpoint(str(checkpoint))

@@ -26,7 +26,7 @@ from ray import tune
 from segcore.build import build_module, describe_device, make_trainer, on_gpu, quiet_lightning
 from segcore.callbacks import comparison_grid, encoded_grid
 from segcore.config import TrainConfig
-from segcore.data import PetsDataModule
+from segcore.data.datamodule import PetsDataModule
 from segcore.metrics_names import (
     DEVICE_SETUP,
     DIVERGED,

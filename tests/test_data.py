@@ -1,4 +1,5 @@
-"""Tests for segcore.data / segcore.decoded: image modes, trimap mapping, splits, layout, decode cache, augmentation."""
+"""Tests for segcore.data (pets, decoded, items, datamodule): image modes, trimap mapping, splits, layout, decode
+cache, augmentation."""
 from __future__ import annotations
 
 import dataclasses
@@ -10,7 +11,7 @@ import torch
 from PIL import Image
 
 from segcore.data import PetsDataModule, PetsSegmentation, find_root, read_split, split_trainval, trimap_lut
-from segcore.decoded import DecodedSplit, decode_item
+from segcore.data.decoded import DecodedSplit, decode_item
 from segcore.errors import UserError
 from segcore.losses import IGNORE_INDEX
 from segcore.synthetic import generate
@@ -222,16 +223,16 @@ def _cache_state(cache: Path) -> dict[str, tuple[int, int]]:
 
 
 def _count_decodes(monkeypatch) -> list[str]:
-    import segcore.decoded
+    import segcore.data.decoded
 
     calls: list[str] = []
-    real = segcore.decoded.decode_item
+    real = segcore.data.decoded.decode_item
 
     def counting(image_file, trimap_file, size):
         calls.append(Path(image_file).stem)
         return real(image_file, trimap_file, size)
 
-    monkeypatch.setattr(segcore.decoded, "decode_item", counting)
+    monkeypatch.setattr(segcore.data.decoded, "decode_item", counting)
     return calls
 
 
@@ -350,3 +351,23 @@ def test_loader_batches_equal_the_items_and_flip_image_and_mask_together(tiny_co
             flipped += 1
     assert 0 < flipped < len(plain)  # a random share, not none or all
     assert np.array_equal(dm.decoded["trainval"].images, cache_before)  # the shared cache is never flipped in place
+
+
+def test_the_data_package_checks_data_without_torch_and_its_modules_import_in_any_order():
+    """A sweep's driver checks and decodes the data while its Ray starts, and imports no torch before its trials do;
+    the package's public names (segcore.data.PetsDataModule, ...) still resolve, each from its module on first use.
+    In a fresh process the device path is imported before the modules it uses: an import circle fails there."""
+    import subprocess
+    import sys
+
+    code = ("import sys, segcore.data, segcore.data.pets, segcore.data.decoded, segcore.data.download; "
+            "light = 'torch' not in sys.modules; import segcore.data.device_batches; "
+            "from segcore.data import PetsDataModule, find_root, collate; "
+            "import segcore.data.datamodule as dm, segcore.data.items as it, segcore.data.pets as p; "
+            "print(light, PetsDataModule is dm.PetsDataModule, collate is it.collate, find_root is p.find_root)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.split() == ["True"] * 4, out.stdout + out.stderr
+    with pytest.raises(AttributeError, match="no attribute 'PetDataModule'"):
+        import segcore.data
+
+        segcore.data.PetDataModule  # noqa: B018 - a misspelt name is an AttributeError, not an import

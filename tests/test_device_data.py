@@ -1,4 +1,5 @@
-"""The on-device data path (segcore.device_data): the same batches as the host loader, chosen and announced clearly.
+"""The on-device data path (segcore.data.device_batches): the same batches as the host loader, chosen and announced
+clearly.
 
 No GPU here: the path runs on the CPU ("cpu" as its device), which is the code a GPU trial runs with another device.
 """
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from segcore.build import describe_device, make_trainer
 from segcore.data import PetsDataModule, collate
-from segcore.device_data import DeviceBatches, choose
+from segcore.data.device_batches import DeviceBatches, choose
 from segcore.errors import UserError
 from segcore.model import SegmentationModule
 

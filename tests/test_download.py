@@ -1,6 +1,7 @@
-"""Tests for segcore.download against a local HTTP server on 127.0.0.1 serving tiny archives in the official layout.
+"""Tests for segcore.data.download against a local HTTP server on 127.0.0.1 serving tiny archives in the official
+layout.
 
-The real host is never contacted: ``segcore.download.resources`` is patched to the local URLs and md5 sums.
+The real host is never contacted: ``segcore.data.download.resources`` is patched to the local URLs and md5 sums.
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-import segcore.download
-from segcore.download import FOLDER, download_pets, is_complete
+import segcore.data.download
+from segcore.data.download import FOLDER, download_pets, is_complete
 from segcore.errors import UserError
 
 pytestmark = pytest.mark.xdist_group("test_download")  # a module-scoped fixture: one worker
@@ -121,10 +122,10 @@ def server(source, tmp_path_factory):
 
 @pytest.fixture
 def local_resources(server, monkeypatch):
-    """Point segcore.download at the local server; returns the ((url, md5), ...) it now uses."""
+    """Point segcore.data.download at the local server; returns the ((url, md5), ...) it now uses."""
     server.reset()
     res = tuple((server.url(a), _md5(server.directory / a)) for a in ARCHIVES)
-    monkeypatch.setattr(segcore.download, "resources", lambda: res)
+    monkeypatch.setattr(segcore.data.download, "resources", lambda: res)
     return res
 
 
@@ -135,7 +136,7 @@ def private_cache(tmp_path, monkeypatch):
 
 def assert_dataset_ok(data_dir: Path, source: Path, tiny_config) -> None:
     """Byte-identical to the archived dataset, and accepted by the data module's check()."""
-    from segcore.data import PetsDataModule
+    from segcore.data.datamodule import PetsDataModule
 
     root = data_dir / FOLDER
     for folder in ("images", "annotations"):
@@ -184,7 +185,7 @@ def test_present_dataset_returned_without_any_request(where, local_resources, se
 
 def _download_in_child(data_dir: str, resources, barrier, results) -> None:
     """Runs in a spawned process: the same patched download, started together with the other process."""
-    segcore.download.resources = lambda: resources
+    segcore.data.download.resources = lambda: resources
     barrier.wait(timeout=120)
     try:
         results.put(("ok", str(download_pets(data_dir))))
@@ -214,12 +215,12 @@ def test_two_concurrent_processes_download_once(local_resources, server, source,
 @pytest.mark.parametrize("corrupt", ARCHIVES)
 def test_corrupt_archive_fails_md5_and_leaves_nothing_marked_complete(corrupt, local_resources, server, source,
                                                                       monkeypatch, tmp_path, tiny_config):
-    from segcore.data import PetsDataModule
+    from segcore.data.datamodule import PetsDataModule
 
     # the server sends corrupted bytes for one archive; the md5 expected is the true one
     damaged = tuple((server.url(f"bad/{corrupt}") if url.endswith(corrupt) else url, md5)
                     for url, md5 in local_resources)
-    monkeypatch.setattr(segcore.download, "resources", lambda: damaged)
+    monkeypatch.setattr(segcore.data.download, "resources", lambda: damaged)
     data_dir = tmp_path / "data"
     with pytest.raises((RuntimeError, UserError)):
         download_pets(data_dir)
@@ -231,7 +232,7 @@ def test_corrupt_archive_fails_md5_and_leaves_nothing_marked_complete(corrupt, l
 
     # once the transfer is good, the next call fetches that archive again and completes the dataset
     server.reset()
-    monkeypatch.setattr(segcore.download, "resources", lambda: local_resources)
+    monkeypatch.setattr(segcore.data.download, "resources", lambda: local_resources)
     assert download_pets(data_dir) == data_dir / FOLDER
     assert server.fetches(corrupt) == 1
     assert_dataset_ok(data_dir, source, tiny_config)
@@ -270,7 +271,7 @@ def test_unreachable_url_raises_user_error_quickly(monkeypatch, tmp_path):
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     res = tuple((f"http://127.0.0.1:{port}/{a}", "0" * 32) for a in ARCHIVES)
-    monkeypatch.setattr(segcore.download, "resources", lambda: res)
+    monkeypatch.setattr(segcore.data.download, "resources", lambda: res)
     data_dir = tmp_path / "data"
     started = time.monotonic()
     with pytest.raises(UserError) as info:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from segcore.pets_files import read_split
+from segcore.data.pets import read_split
 
 pytestmark = pytest.mark.xdist_group("test_library_facts")  # a module-scoped fixture: one worker
 

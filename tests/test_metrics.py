@@ -7,7 +7,7 @@ import segmentation_models_pytorch as smp
 import torch
 
 from segcore.build import make_trainer
-from segcore.data import PetsDataModule
+from segcore.data.datamodule import PetsDataModule
 from segcore.losses import IGNORE_INDEX
 from segcore.metrics import BinarySegMetrics
 from segcore.metrics_names import EVAL_METRICS, SWEEP_METRIC, stage_metric

@@ -10,7 +10,7 @@ from torch import nn
 
 from segcore.build import make_trainer
 from segcore.config import LOSSES, TrainConfig
-from segcore.data import PetsDataModule
+from segcore.data.datamodule import PetsDataModule
 from segcore.losses import IGNORE_INDEX, build_loss
 from segcore.model import IMAGENET_MEAN, IMAGENET_STD, DivergedError, SegmentationModule
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from segcore.build import make_trainer
 from segcore.config import OPTIMIZERS, SCHEDULERS, TrainConfig
-from segcore.data import PetsDataModule
+from segcore.data.datamodule import PetsDataModule
 from segcore.metrics_names import SWEEP_METRIC
 from segcore.model import SegmentationModule
 from segcore.optim import build_optimizer, build_scheduler

@@ -57,7 +57,7 @@ def test_final_test_evaluates_at_the_precision_the_trials_trained_at(precision, 
     """The final test rebuilds the trial's Trainer settings from the checkpoint's config: a sweep that trained in
     bf16-mixed is tested in bf16-mixed, not in Lightning's default fp32."""
     import segcore.build
-    from segcore.data import PetsDataModule
+    from segcore.data.datamodule import PetsDataModule
     from segcore.model import SegmentationModule
     from segtune.final_test import evaluate
 

@@ -277,7 +277,7 @@ def test_final_test_matches_a_direct_evaluation_of_the_best_checkpoint(sweep):
     import segmentation_models_pytorch as smp
     import torch
 
-    from segcore.data import PetsDataModule
+    from segcore.data.datamodule import PetsDataModule
     from segcore.model import SegmentationModule
 
     experiment, proc = sweep

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segcore.decoded import DecodedSplit, decode_split
+from segcore.data.decoded import DecodedSplit, decode_split
 from segcore.errors import UserError
 
 SPLIT_FILES = ("trainval", "test")

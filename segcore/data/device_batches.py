@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from segcore.data import PetsSegmentation, trimaps_to_masks
+from segcore.data.items import PetsSegmentation, trimaps_to_masks
 from segcore.errors import UserError
 
 # the share of the device's memory a split may take to be held there (the model, activations and optimizer state
@@ -56,7 +56,7 @@ def choose(asked: str, nbytes: int, device: torch.device, world_size: int = 1, s
 
 class DeviceBatches:
     """An iterable of ``{"image": uint8 (B, 3, S, S), "mask": uint8 (B, 1, S, S)}`` batches on ``device``, the same
-    batches a ``DataLoader(dataset, batch_size, shuffle, drop_last, collate_fn=segcore.data.collate)`` gives."""
+    batches a ``DataLoader(dataset, batch_size, shuffle, drop_last, collate_fn=segcore.data.items.collate)`` gives."""
 
     def __init__(self, dataset: PetsSegmentation, device: torch.device, batch_size: int, shuffle: bool,
                  drop_last: bool):
