@@ -46,7 +46,7 @@ def build_assets(configs: list[TrainConfig], data: bool = True
         trainval = decoded["trainval"]
         # plain arrays (not memory maps) so they travel through the object store to any node
         assets.decoded[size] = DecodedSplit(trainval.names, np.ascontiguousarray(trainval.images),
-                                            np.ascontiguousarray(trainval.trimaps))
+                                            np.ascontiguousarray(trainval.labels))
         notes.append(f"data {summary.root} at {size}px: train {summary.train}, val {summary.val}, "
                      f"test {summary.test}")
     for encoder, weights in sorted({(c.encoder, c.encoder_weights) for c in configs}):

@@ -151,7 +151,7 @@ def test_trimap_values_map_to_mask_per_border_mode(border):
 def test_trimap_border_mode_through_datamodule(border, tiny_config, pets_root):
     dm = PetsDataModule(config_for(tiny_config, pets_root, border=border))
     dm.setup("fit")
-    trimaps = np.asarray(dm.decoded["trainval"].trimaps)
+    trimaps = np.asarray(dm.decoded["trainval"].labels)
     expected = np.array([0, *EXPECTED_MASK[border]], dtype=np.uint8)  # index = trimap value
     for k in range(len(dm.val_set)):
         j = int(dm.val_set.indices[k])
@@ -253,7 +253,7 @@ def test_decoded_cache_reused_by_a_new_datamodule(tiny_config, pets_copy, privat
     for split in ("trainval", "test"):
         assert second.decoded[split].names == first.decoded[split].names
         assert np.array_equal(second.decoded[split].images, first.decoded[split].images)
-        assert np.array_equal(second.decoded[split].trimaps, first.decoded[split].trimaps)
+        assert np.array_equal(second.decoded[split].labels, first.decoded[split].labels)
 
 
 def test_decoded_cache_rebuilt_when_an_image_changes(tiny_config, pets_copy, private_cache, monkeypatch):
@@ -293,7 +293,7 @@ def test_train_augmentation_flips_image_and_mask_together(tiny_config, pets_root
     assert train.augment and not dm.val_set.augment
     j = int(train.indices[0])
     image = torch.from_numpy(np.array(dm.decoded["trainval"].images[j]))  # stored channels first
-    mask = torch.from_numpy(train.lut[np.array(dm.decoded["trainval"].trimaps[j])]).unsqueeze(0)
+    mask = torch.from_numpy(train.lut[np.array(dm.decoded["trainval"].labels[j])]).unsqueeze(0)
     flipped_image, flipped_mask = image.flip(-1), mask.flip(-1)
     assert not torch.equal(image, flipped_image) and not torch.equal(mask, flipped_mask)
 

@@ -36,7 +36,8 @@ CACHE_VERSION = 2
 class DecodedSplit:
     names: list[str]
     images: np.ndarray  # (N, 3, S, S) uint8: channels first, as the model takes them (no per-item transpose)
-    trimaps: np.ndarray  # (N, S, S) uint8, values 1 / 2 / 3
+    labels: np.ndarray  # (N, S, S) uint8, the masks' values as stored: Pets' trimap 1 / 2 / 3, a generic layout's
+    #                     classes (segcore.data.generic); a table maps them to the classes trained on
 
     def __len__(self) -> int:
         return len(self.names)

@@ -61,7 +61,7 @@ class DeviceBatches:
     def __init__(self, dataset: PetsSegmentation, device: torch.device, batch_size: int, shuffle: bool,
                  drop_last: bool):
         rows = dataset.indices
-        masks = trimaps_to_masks(dataset.decoded.trimaps[rows], dataset.lut)[:, None]
+        masks = trimaps_to_masks(dataset.decoded.labels[rows], dataset.lut)[:, None]
         # one upload per split (fancy indexing copies the rows out of the memory-mapped cache)
         self.images = torch.from_numpy(np.ascontiguousarray(dataset.decoded.images[rows])).to(device)
         self.masks = torch.from_numpy(masks).to(device)

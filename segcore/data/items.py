@@ -47,7 +47,7 @@ class PetsSegmentation(Dataset):
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
         # fancy indexing copies: the cache stays read-only and shared, the batch is the loader's own
         images = self.decoded.images[rows]
-        masks = trimaps_to_masks(self.decoded.trimaps[rows], self.lut)[:, None]
+        masks = trimaps_to_masks(self.decoded.labels[rows], self.lut)[:, None]
         if self.augment:  # horizontal flip of a random half: pets are left/right symmetric
             flip = np.flatnonzero(torch.rand(len(rows)).numpy() < 0.5)
             images[flip] = images[flip, ..., ::-1]
