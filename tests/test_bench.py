@@ -167,11 +167,14 @@ def test_quick_side_by_side_times_each_config_alone_and_together(tmp_path):
 def test_cpu_by_process_finds_a_torch_process_under_its_kind_and_passes_its_exit_code_on(tmp_path):
     out = tmp_path / "cpu.json"
     python = sys.executable
-    proc = run_cli("-m", "bench.cpu_by_process", "--interval", "0.1", "--json", str(out), "--", python, "-c",
-                   "import torch; sum(i * i for i in range(2 * 10**6))", cwd=REPO, timeout=300)
+    # a script of a name no other process has: the sampling sees the whole machine (the suite's other worker too)
+    script = tmp_path / "cpu_by_process_probe.py"
+    script.write_text("import torch\nsum(i * i for i in range(2 * 10**6))\n")
+    proc = run_cli("-m", "bench.cpu_by_process", "--interval", "0.1", "--json", str(out), "--", python, str(script),
+                   cwd=REPO, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     fig = json.loads(out.read_text())
-    mine = fig["by_kind"][f"{Path(python).name} -c"]  # the command's own process, which imported torch
+    mine = fig["by_kind"][f"{Path(python).name} {script.name}"]  # the command's own process, which imported torch
     assert mine["processes"] == 1 and mine["torch_processes"] == 1 and mine["cpu_s"] > 0.5, fig["by_kind"]
     assert fig["torch_processes"] >= 1 and fig["torch_core_s"] >= mine["cpu_s"]
     assert 0 < fig["sampled_core_s"] and fig["busy_core_s"] > 0 and fig["exit"] == 0

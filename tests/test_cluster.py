@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from segtune import cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_cluster")]
 
+FAULTS = REPO / "tests" / "faults"  # sitecustomize.py: here, trials that wait for each other (its docstring)
 SMP_RESNET18 = ("smp-hub/resnet18.imagenet", "3f2325ff978283d47aa6a1d6878ca20565622683")  # SMP 0.6's pins
 
 
@@ -27,14 +29,24 @@ def read_trials(experiment: Path) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def two_nodes():
+def barrier(tmp_path_factory) -> Path:
+    """Where trials of this module's cluster wait for each other (tests/faults/sitecustomize.py): a test that needs
+    trials side by side makes the folder for its sweep; without it no trial waits."""
+    return tmp_path_factory.mktemp("cluster") / "barrier"
+
+
+@pytest.fixture(scope="module")
+def two_nodes(barrier):
     """Head + one worker node, one CPU each, both on 127.0.0.1 (RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0).
 
     Its processes are told its address (RAY_ADDRESS, inherited from the raylets): other Ray instances run on this
     machine beside it (the suite's other worker), and Ray Train's placement-group cleaner, which frees a stopped DDP
     trial's workers, looks the cluster up through the state API, which without an address refuses to choose among
     several instances ("Found multiple active Ray instances"): the stopped trial's workers were never freed and
-    the next trial waited for them forever."""
+    the next trial waited for them forever.
+
+    Its processes also load tests/faults/sitecustomize.py, which makes trials wait for each other while ``barrier``
+    exists (its docstring says why)."""
     import ray
     from ray.cluster_utils import Cluster
 
@@ -44,6 +56,8 @@ def two_nodes():
     with pytest.MonkeyPatch.context() as env:  # for the cluster's own processes, not for the tests' drivers
         env.setenv("RAY_GCS_SERVER_PORT", str(port))
         env.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+        env.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(FAULTS), os.environ.get("PYTHONPATH")])))
+        env.setenv("SEGSWEEP_TEST_BARRIER_DIR", str(barrier))
         c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
         c.add_node(num_cpus=1)
     assert c.address == f"127.0.0.1:{port}", c.address
@@ -74,15 +88,24 @@ def fake_hf_cache(tmp_path_factory):
     return home, state
 
 
-def test_sweep_on_two_nodes_uses_both_and_driver_weights(two_nodes, fake_hf_cache, tmp_path):
+def test_sweep_on_two_nodes_uses_both_and_driver_weights(two_nodes, barrier, fake_hf_cache, tmp_path):
     hf_home, cached_state = fake_hf_cache
     storage = tmp_path / "results"
-    proc = run_cli("tune_main.py", "--address", two_nodes.address, "--synthetic", "--data-dir", str(tmp_path / "d"),
-                   "--space", "smoke", "--set", "image_size=64", "--set", "encoder=resnet18",
-                   "--set", "encoder_weights=imagenet", "--set", "freeze=encoder", "--num-samples", "4",
-                   "--max-epochs", "1", "--scheduler", "fifo", "--storage-path", str(storage), "--name", "twonodes",
-                   env={"HF_HOME": str(hf_home)}, timeout=600)
+    # The first two trials wait for each other in their first step: on a loaded machine a trial of 2 s could
+    # otherwise end before the second node's trial process has started, and Tune gives the next trials to the
+    # first process (seen: all four on the head node).
+    barrier.mkdir()
+    try:
+        proc = run_cli("tune_main.py", "--address", two_nodes.address, "--synthetic", "--data-dir", str(tmp_path / "d"),
+                       "--space", "smoke", "--set", "image_size=64", "--set", "encoder=resnet18",
+                       "--set", "encoder_weights=imagenet", "--set", "freeze=encoder", "--num-samples", "4",
+                       "--max-epochs", "1", "--scheduler", "fifo", "--storage-path", str(storage), "--name", "twonodes",
+                       env={"HF_HOME": str(hf_home)}, timeout=600)
+        waited = sorted(p.name for p in barrier.iterdir())
+    finally:
+        shutil.rmtree(barrier)  # no later trial of this cluster waits
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(waited) == 2, waited  # two trial processes met there
     assert "weights resnet18: imagenet" in proc.stdout
     rows = read_trials(storage / "twonodes")
     assert len(rows) == 4 and all(r["status"] in RAN_TO_END for r in rows)
