@@ -51,3 +51,47 @@ class BinarySegMetrics(Metric):
             "per_image_dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro-imagewise"),
             "pet_fraction": (tp + fp).sum() / counted.clamp(min=1),
         }
+
+
+class MultiClassSegMetrics(Metric):
+    """Mean IoU over classes, from one confusion matrix accumulated over the epoch (summed across DDP ranks).
+
+    The convention is MMSegmentation's ``IoUMetric``, chosen on purpose: pixels labelled 255 are left out; a class
+    absent from both truth and prediction over the whole split has no IoU (NaN) and is left out of the mean, rather
+    than scored 1.0 as SMP's "macro" reduction (``zero_division=1``) would score it. SMP's "micro" reduction on argmax
+    predictions is not mean IoU at all (it equals accuracy / (2 - accuracy)), so it is not used here.
+
+    ``compute`` gives ``iou`` (the mean), ``acc`` (pixel accuracy), ``dice`` (mean Dice, same convention) and
+    ``per_class_iou`` (a tensor, NaN for a skipped class)."""
+    full_state_update = False
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes {num_classes}: a segmentation has at least 2 classes")
+        self.num_classes = num_classes
+        self.add_state("confusion", default=torch.zeros(num_classes, num_classes, dtype=torch.long),
+                       dist_reduce_fx="sum")
+
+    def update(self, logits: torch.Tensor, target: torch.Tensor) -> None:
+        """``logits`` (B, C, H, W); ``target`` (B, H, W) or (B, 1, H, W) of class indices, 255 = ignore."""
+        pred = logits.detach().argmax(dim=1)
+        target = target.reshape(pred.shape).long()
+        kept = target != IGNORE_INDEX
+        if (target[kept] >= self.num_classes).any() or (target[kept] < 0).any():
+            raise ValueError(f"target values outside 0-{self.num_classes - 1} and {IGNORE_INDEX}")
+        cells = target[kept] * self.num_classes + pred[kept]
+        self.confusion += torch.bincount(cells, minlength=self.num_classes ** 2).view(self.num_classes,
+                                                                                        self.num_classes)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        confusion = self.confusion.double()
+        tp = confusion.diagonal()
+        fp, fn = confusion.sum(0) - tp, confusion.sum(1) - tp
+        union = tp + fp + fn
+        nan = torch.tensor(float("nan"), dtype=torch.double, device=confusion.device)
+        iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
+        dice = torch.where(union > 0, 2 * tp / (2 * tp + fp + fn).clamp(min=1), nan)
+        total = confusion.sum()
+        return {"iou": iou.nanmean().float(), "dice": dice.nanmean().float(),
+                "acc": (tp.sum() / total.clamp(min=1)).float(), "per_class_iou": iou.float()}
