@@ -111,7 +111,10 @@ class Sampler(threading.Thread):
                 record["ray_name"] = cmdline.split()[0]  # a Ray worker names itself after what it runs
             record["cmdline"] = record["cmdline"] or cmdline[:300]
             record["cpu_s"] = max(record["cpu_s"], cpu - record["before_s"])
-            if not record["torch"] and cpu > 0.5:  # torch's import alone takes longer than that
+            # torch's import alone takes over 0.5 s; the memory map is read again only after another second of
+            # CPU (reading it every sample for each daemon cost the sampler more than all its other work)
+            if not record["torch"] and cpu - record.get("maps_read_at", -0.5) >= 1.0:
+                record["maps_read_at"] = cpu
                 record["torch"] = imported_torch(pid)
 
 

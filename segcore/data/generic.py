@@ -54,9 +54,7 @@ def read_mask(path, colours: Optional[list[tuple[int, int, int]]]) -> tuple[np.n
         arr = np.asarray(img)
     if mode == "P":
         return arr.astype(np.uint8), "palette"
-    if mode == "1":
-        return arr.astype(np.uint8), "index"
-    if mode in ("L", "I", "I;16", "I;16B", "I;16L", "F") or arr.ndim == 2:
+    if arr.ndim == 2:  # L, 1, I, I;16*, F: one value per pixel
         if arr.size and (arr.min() < 0 or arr.max() > 255 or (arr.dtype.kind == "f" and np.any(arr % 1))):
             raise ValueError(f"{path}: mask values {_values_shown(np.unique(arr))} are not class indices 0-255")
         return arr.astype(np.uint8), "index"
