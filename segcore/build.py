@@ -23,7 +23,7 @@ from segcore.callbacks import HParamsCallback, OverlayImagesCallback
 from segcore.config import TrainConfig
 from segcore.device import channels_last_of, on_gpu
 from segcore.errors import UserError
-from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE
+from segcore.metrics_names import SWEEP_METRIC, SWEEP_MODE, eval_metrics, stage_metric
 from segcore.model import SegmentationModule
 
 log = logging.getLogger("segcore")
@@ -73,7 +73,8 @@ def make_trainer(cfg: TrainConfig, output_dir: Optional[Path], callbacks: Iterab
     if logger is True:
         logger = TensorBoardLogger(save_dir=str(output_dir), name="", version="", default_hp_metric=False)
     if logger:
-        callbacks += [HParamsCallback(cfg.to_dict()), OverlayImagesCallback()]
+        metrics = tuple(stage_metric("val", m) for m in eval_metrics(cfg.class_names))
+        callbacks += [HParamsCallback(cfg.to_dict(), metrics), OverlayImagesCallback()]
     if checkpoint:
         callbacks.append(ModelCheckpoint(dirpath=str(output_dir / "checkpoints"), filename="best",
                                          monitor=SWEEP_METRIC, mode=SWEEP_MODE, save_top_k=1, save_last=False,

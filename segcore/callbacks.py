@@ -33,6 +33,7 @@ class HParamsCallback(pl.Callback):
 
     def __init__(self, config: dict[str, Any], metrics: tuple[str, ...] = tuple(stage_metric("val", m)
                                                                                  for m in EVAL_METRICS)):
+        """``metrics``: the run's metric tags (``segcore.metrics_names.eval_metrics``; binary's by default)."""
         assert SWEEP_METRIC in metrics
         self.config = hparam_values(config)
         self.metrics = metrics
@@ -56,13 +57,43 @@ def overlay(images: torch.Tensor, masks: torch.Tensor, color: tuple[int, int, in
     return out.clamp(0, 255).to(torch.uint8)
 
 
-def comparison_grid(images: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor) -> torch.Tensor:
-    """Rows of image | truth (green) | prediction (red) for each sample, as one uint8 (3, H, W) grid."""
+def overlay_classes(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """uint8 images (N, 3, H, W) with each pixel tinted by its class's colour (segcore.palette; half transparent);
+    ignored pixels (255) untouched."""
+    from segcore.palette import class_colours
+
+    colours = torch.tensor(class_colours(num_classes), dtype=torch.float32)  # (C, 3)
+    labels = labels[:, 0].long()  # (N, H, W)
+    known = (labels < num_classes).unsqueeze(1).float()
+    tint = colours[labels.clamp(max=num_classes - 1)].permute(0, 3, 1, 2)  # (N, 3, H, W)
+    out = images.float() * (1 - 0.5 * known) + tint * 0.5 * known
+    return out.clamp(0, 255).to(torch.uint8)
+
+
+def colour_map(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """uint8 labels (N, 1, H, W) as solid class colours (N, 3, H, W) (segcore.palette); ignored pixels (255) white.
+    Solid, not over the image: with several classes a tint mixes with the image's own colours (a magenta object
+    under a green tint reads grey)."""
+    from segcore.palette import class_colours
+
+    colours = torch.tensor([*class_colours(num_classes), (255, 255, 255)], dtype=torch.uint8)  # the last: ignore
+    index = torch.where(labels[:, 0].long() < num_classes, labels[:, 0].long(), num_classes)
+    return colours[index].permute(0, 3, 1, 2).contiguous()
+
+
+def comparison_grid(images: torch.Tensor, truth: torch.Tensor, pred: torch.Tensor,
+                    num_classes: int = 2) -> torch.Tensor:
+    """Rows of image | truth | prediction for each sample, as one uint8 (3, H, W) grid: two classes as the
+    foreground tinted green (truth) and red (prediction) over the image, more as solid maps of each class's colour
+    (segcore.palette; ignored pixels white)."""
     rows = []
     for i in range(images.shape[0]):
         img = images[i:i + 1]
-        rows += [img, overlay(img, truth[i:i + 1], (0, 200, 0)), overlay(img, pred[i:i + 1].to(torch.uint8),
-                                                                          (220, 0, 0))]
+        if num_classes > 2:
+            rows += [img, colour_map(truth[i:i + 1], num_classes), colour_map(pred[i:i + 1], num_classes)]
+        else:
+            rows += [img, overlay(img, truth[i:i + 1], (0, 200, 0)), overlay(img, pred[i:i + 1].to(torch.uint8),
+                                                                              (220, 0, 0))]
     return make_grid(torch.cat(rows), nrow=3, padding=VAL_PREDICTIONS_PADDING, pad_value=255)
 
 
@@ -92,4 +123,5 @@ class OverlayImagesCallback(pl.Callback):
         sample = getattr(pl_module, "val_sample", None)
         if writer is None or sample is None or trainer.sanity_checking or trainer.global_rank != 0:
             return
-        writer.add_image(VAL_PREDICTIONS, comparison_grid(*sample), global_step=trainer.current_epoch)
+        grid = comparison_grid(*sample, num_classes=len(pl_module.class_names))
+        writer.add_image(VAL_PREDICTIONS, grid, global_step=trainer.current_epoch)

@@ -21,7 +21,10 @@ from segcore.errors import UserError
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad", "rmsprop")
 SCHEDULERS = ("none", "step", "exponential", "cosine", "onecycle", "cyclic", "plateau")
 LOSSES = ("bce", "dice", "focal", "jaccard", "dice+bce")
-BORDER_MODES = ("pet", "background", "ignore")  # what the trimap's border band (value 3) becomes
+# what Oxford-IIIT Pet's trimap border band (value 3) becomes: "class" trains the trimap's three classes
+BORDER_MODES = ("pet", "background", "ignore", "class")
+PETS_CLASSES = ("background", "pet")
+PETS_TRIMAP_CLASSES = ("background", "pet", "border")  # border=class
 # "auto": bf16-mixed on GPUs that support bf16, 16-mixed on older GPUs, 32-true on the CPU (segcore.train)
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
@@ -95,8 +98,12 @@ class TrainConfig:
     # data
     data_dir: str = "data"
     image_size: int = 256
-    val_fraction: float = 0.1
+    val_fraction: float = 0.1  # Pets: of trainval; a generic layout without split files or folders: of all pairs
+    test_fraction: float = 0.2  # a generic layout without split files or folders: the test split's share
     border: str = "pet"
+    # the classes' names, class i first-to-last; None: Oxford-IIIT Pet's (by ``border``). A generic layout's come from
+    # its data (segcore.data.generic), set by whoever checked it, so a checkpoint's config knows its classes
+    classes: Optional[list[str]] = None
     num_workers: int = 0  # loader processes: batches are copies from the decoded cache, workers only add IPC
     # run
     seed: int = 42
@@ -171,6 +178,11 @@ class TrainConfig:
                      f"got {self.image_size}")
         if not 0 < self.val_fraction < 1:
             p.append(f"key 'val_fraction': must be between 0 and 1 (exclusive), got {self.val_fraction}")
+        elif not (0 <= self.test_fraction and self.val_fraction + self.test_fraction < 1):
+            p.append(f"key 'test_fraction': must be >= 0 and leave images to train on beside val_fraction "
+                     f"{self.val_fraction}, got {self.test_fraction}")
+        if self.classes is not None:
+            p += classes_problems(self.classes)
         if not _valid_devices(self.devices):
             p.append(f"key 'devices': '{self.devices}' is not 'auto', a count like '2' or a list like '0,1'")
         if not any(k in m for m in p for k in ("'arch'", "'encoder'", "'image_size'")):
@@ -193,6 +205,17 @@ class TrainConfig:
             return []
         return [f"key 'encoder_weights': '{w}' is not a file nor one of {', '.join(['none', *named])} "
                 f"for encoder '{self.encoder}'"]
+
+    @property
+    def class_names(self) -> list[str]:
+        if self.classes is not None:
+            return list(self.classes)
+        return list(PETS_TRIMAP_CLASSES if self.border == "class" else PETS_CLASSES)
+
+    @property
+    def num_classes(self) -> int:
+        """2: one logit, sigmoid (binary); more: one logit per class, softmax."""
+        return len(self.class_names)
 
     @property
     def frozen_parts(self) -> list[str]:
@@ -218,6 +241,15 @@ def model_problem(arch: str, encoder: str, image_size: int) -> Optional[str]:
         return None
 
     return FACTS.get(f"builds {arch} {encoder} {image_size}", ask)
+
+
+def classes_problems(classes: list[str]) -> list[str]:
+    if not 2 <= len(classes) <= 255:
+        return [f"key 'classes': {len(classes)} names; a segmentation has 2 to 255 classes (255 is ignore)"]
+    repeated = sorted({c for c in classes if classes.count(c) > 1})
+    if repeated:
+        return [f"key 'classes': name(s) given twice: {', '.join(repeated)}"]
+    return []
 
 
 def _valid_devices(devices: str) -> bool:
@@ -256,6 +288,10 @@ def coerce(value: Any, hint: Any) -> Any:
         if value is None:
             return None
         hint = args[0]
+    if get_origin(hint) is list:
+        if isinstance(value, (list, tuple)) and all(isinstance(v, str) and v for v in value):
+            return list(value)
+        raise TypeError(f"expected a list of names, got {value!r}")
     if hint is bool:
         if isinstance(value, bool):
             return value

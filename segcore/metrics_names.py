@@ -1,6 +1,7 @@
 """Metric names, defined once: logged by the module, monitored by checkpoints, optimised by the sweep."""
+from __future__ import annotations
 
-SWEEP_METRIC = "val/iou"  # dataset IoU (SMP "micro") on the validation split
+SWEEP_METRIC = "val/iou"  # two classes: the foreground's IoU (SMP "micro"); more: the mean IoU over classes
 SWEEP_MODE = "max"
 
 TRAIN_LOSS = "train/loss"
@@ -19,5 +20,19 @@ def stage_metric(stage: str, name: str) -> str:
     return f"{stage}/{name}"
 
 
-# The metrics each evaluation stage logs (as ``<stage>/<name>``).
+# The metrics each evaluation stage logs (as ``<stage>/<name>``): two classes (segcore.metrics.BinarySegMetrics)
 EVAL_METRICS = ("loss", "iou", "per_image_iou", "dice", "per_image_dice", "pet_fraction")
+# three or more (segcore.metrics.MultiClassSegMetrics), then ``iou/<class name>`` for each class
+MULTICLASS_EVAL_METRICS = ("loss", "iou", "acc", "dice")
+
+
+def class_metric(class_name: str) -> str:
+    """``class_metric("road") == "iou/road"``: a class's IoU (``val/iou/road``)."""
+    return f"iou/{class_name}"
+
+
+def eval_metrics(class_names: list[str] | tuple[str, ...]) -> tuple[str, ...]:
+    """The metrics an evaluation logs for these classes (two: binary; more: multi-class, one per class too)."""
+    if len(class_names) <= 2:
+        return EVAL_METRICS
+    return MULTICLASS_EVAL_METRICS + tuple(class_metric(name) for name in class_names)

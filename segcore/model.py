@@ -1,4 +1,9 @@
-"""The segmentation LightningModule: any SMP architecture x encoder, binary pet / background masks."""
+"""The segmentation LightningModule: any SMP architecture x encoder, two classes or many.
+
+Two classes train as a binary segmentation: one logit, sigmoid, the foreground's IoU (SMP's metrics). Three or more
+train with one logit per class (softmax, the losses in their multi-class form) and are scored by mean IoU over
+classes (segcore.metrics.MultiClassSegMetrics), with each class's IoU and the pixel accuracy beside it.
+"""
 from __future__ import annotations
 
 import logging
@@ -12,8 +17,8 @@ from torch import nn
 from segcore.config import TrainConfig
 from segcore.device import channels_last_of
 from segcore.losses import IGNORE_INDEX, build_loss
-from segcore.metrics import BinarySegMetrics
-from segcore.metrics_names import LEARNING_RATE, TRAIN_LOSS, VAL_PREDICTIONS_IMAGES, stage_metric
+from segcore.metrics import BinarySegMetrics, MultiClassSegMetrics
+from segcore.metrics_names import LEARNING_RATE, TRAIN_LOSS, VAL_PREDICTIONS_IMAGES, class_metric, stage_metric
 from segcore.optim import build_optimizer, build_scheduler
 from segcore.weights import create_model
 
@@ -50,17 +55,25 @@ class SegmentationModule(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters({"config": cfg.to_dict()})  # checkpoints rebuild the module from it
         self.cfg = cfg
+        self.class_names = cfg.class_names
+        self.multiclass = len(self.class_names) > 2
+        outputs = len(self.class_names) if self.multiclass else 1
         if encoder_state is not None:
-            self.net = create_model(cfg.arch, cfg.encoder, "none")
+            self.net = create_model(cfg.arch, cfg.encoder, "none", classes=outputs)
             self.net.encoder.load_state_dict(encoder_state)
         else:
-            self.net = create_model(cfg.arch, cfg.encoder, cfg.encoder_weights)
+            self.net = create_model(cfg.arch, cfg.encoder, cfg.encoder_weights, classes=outputs)
         mean, std = normalisation(cfg.encoder)
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) * 255, persistent=False)
-        self.ignore_index = IGNORE_INDEX if cfg.border == "ignore" else None
-        self.loss_fn = build_loss(cfg.loss, self.ignore_index)
-        self.metrics = nn.ModuleDict({"val": BinarySegMetrics(), "test": BinarySegMetrics()})
+        # a folder's own masks may hold 255 anywhere; Pets' trimaps only where the border is ignored
+        self.ignore_index = IGNORE_INDEX if cfg.border == "ignore" or cfg.classes is not None else None
+        self.loss_fn = build_loss(cfg.loss, self.ignore_index, len(self.class_names))
+
+        def metrics() -> nn.Module:
+            return MultiClassSegMetrics(len(self.class_names)) if self.multiclass else BinarySegMetrics()
+
+        self.metrics = nn.ModuleDict({"val": metrics(), "test": metrics()})
         self._freeze()
         self.channels_last = channels_last_of(cfg)
         if self.channels_last:
@@ -98,7 +111,7 @@ class SegmentationModule(pl.LightningModule):
 
     # ----- forward and steps --------------------------------------------------------------------------------
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 or float [0, 255] images (N, 3, H, W) -> logits (N, 1, H, W)."""
+        """uint8 or float [0, 255] images (N, 3, H, W) -> logits (N, 1, H, W), or (N, C, H, W) for C > 2 classes."""
         x = (images.float() - self.mean) / self.std
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -107,7 +120,8 @@ class SegmentationModule(pl.LightningModule):
     def _shared_step(self, batch: dict[str, torch.Tensor], stage: str) -> torch.Tensor:
         images, masks = batch["image"], batch["mask"]
         logits = self(images)
-        target = masks.float()
+        # binary losses take a float mask shaped as the logit; multi-class ones the class indices (B, H, W)
+        target = masks[:, 0].long() if self.multiclass else masks.float()
         loss = self.loss_fn(logits, target)
         batch_size = images.shape[0]
         if stage == "train":
@@ -120,8 +134,14 @@ class SegmentationModule(pl.LightningModule):
             if stage == "val" and self.val_sample is None:
                 n = min(VAL_PREDICTIONS_IMAGES, batch_size)
                 self.val_sample = (images[:n].detach().cpu(), masks[:n].detach().cpu(),
-                                   (logits[:n].detach() > 0).cpu())
+                                   self.predicted_classes(logits[:n].detach()).cpu())
         return loss
+
+    def predicted_classes(self, logits: torch.Tensor) -> torch.Tensor:
+        """Each pixel's class (uint8, (N, 1, H, W)): the logit's sign for two classes, the argmax for more."""
+        if self.multiclass:
+            return logits.argmax(dim=1, keepdim=True).to(torch.uint8)
+        return (logits > 0).to(torch.uint8)
 
     def training_step(self, batch, batch_idx):
         loss = self._shared_step(batch, "train")
@@ -159,8 +179,12 @@ class SegmentationModule(pl.LightningModule):
 
     def _log_epoch_metrics(self, stage: str) -> None:
         values = self.metrics[stage].compute()
+        per_class = values.pop("per_class_iou", None)
         for name, value in values.items():
             self.log(stage_metric(stage, name), value, prog_bar=name == "iou")
+        if per_class is not None:  # NaN: a class absent from truth and prediction over the whole split
+            for class_name, value in zip(self.class_names, per_class):
+                self.log(stage_metric(stage, class_metric(class_name)), value)
         self.metrics[stage].reset()
 
     def on_validation_epoch_start(self) -> None:
@@ -186,7 +210,9 @@ class SegmentationModule(pl.LightningModule):
         self._log_epoch_metrics("test")
 
     def predict_step(self, batch, batch_idx):
-        return self(batch["image"]).sigmoid()
+        """Probabilities: the foreground's (N, 1, H, W) for two classes, each class's (N, C, H, W) for more."""
+        logits = self(batch["image"])
+        return logits.softmax(dim=1) if self.multiclass else logits.sigmoid()
 
     # ----- optimisation -------------------------------------------------------------------------------------
     def configure_optimizers(self):

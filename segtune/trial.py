@@ -105,7 +105,7 @@ class ReportEachEpoch(pl.Callback):
         sample = getattr(pl_module, "val_sample", None)
         grid = None
         if sample is not None and trainer.global_rank == 0:  # the first validation images, the same every epoch
-            grid = comparison_grid(*sample)
+            grid = comparison_grid(*sample, num_classes=len(pl_module.class_names))
             metrics[VAL_PREDICTIONS] = encoded_grid(grid)
         epoch = trainer.current_epoch + 1
         metrics.update(self.extra, **{EPOCH: epoch})
