@@ -20,6 +20,7 @@ import pytorch_lightning as pl
 from segcore.build import build_module, describe_device, make_trainer, quiet_lightning
 from segcore.config import TrainConfig, read_mapping
 from segcore.data.datamodule import PetsDataModule
+from segcore.data.dataset import classes_for
 from segcore.errors import UserError, cli_entry
 
 log = logging.getLogger("segcore")
@@ -39,11 +40,13 @@ def run(cfg: TrainConfig, output_dir: Path, download: bool = False, progress: bo
     datamodule = PetsDataModule(cfg, download=download)
     datamodule.prepare_data()
     summary = datamodule.check()  # every data problem reported before any training starts
+    # a folder of one's own names its classes; the config (and so the checkpoint) carries them
+    cfg = datamodule.cfg = cfg.replace(classes=classes_for(cfg.classes, summary, cfg.data_dir))
     module = build_module(cfg)  # fails fast on unavailable weights
     output_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(output_dir / "config.yaml")
-    log.info("data: %s (train %d, val %d, test %d images at %dpx)", summary.root, summary.train, summary.val,
-             summary.test, cfg.image_size)
+    for line in summary.plan_lines(cfg.image_size):
+        log.info("%s", line)
     trainer = make_trainer(cfg, output_dir, enable_progress_bar=progress)
     datamodule.setup("fit")
     log.info(describe_device(cfg, datamodule.data_path(trainer.strategy.root_device, trainer.world_size)[1]))
@@ -77,14 +80,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder_weights", help="imagenet | none | path to an encoder state dict (default imagenet)")
     p.add_argument("--epochs", type=int, help=f"default {d.epochs}")
     p.add_argument("--image_size", type=int, help=f"square input size, a multiple of 32 (default {d.image_size})")
-    p.add_argument("--data_dir", help=f"folder with the Oxford-IIIT Pet layout (default {d.data_dir})")
+    p.add_argument("--data_dir", help="Oxford-IIIT Pet, or a folder of images and masks (README, 'Your own data') "
+                                      f"(default {d.data_dir})")
     p.add_argument("--optimizer", help=f"sgd | adam | adamw | adagrad | rmsprop (default {d.optimizer})")
     p.add_argument("--scheduler", help="none | step | exponential | cosine | onecycle | cyclic | plateau "
                                        f"(default {d.scheduler})")
     p.add_argument("--loss", help=f"bce | dice | focal | jaccard | dice+bce (default {d.loss})")
-    p.add_argument("--border", help=f"trimap border as pet | background | ignore (default {d.border})")
-    p.add_argument("--val_fraction", type=float, help=f"share of trainval used for validation (default "
+    p.add_argument("--border", help="Oxford-IIIT Pet's trimap border as pet | background | ignore, or class (the "
+                   f"trimap's three classes) (default {d.border})")
+    p.add_argument("--val_fraction", type=float, help="share of Pets' trainval used for validation, or of the pairs "
+                                                      "of a folder without split files (default "
                                                       f"{d.val_fraction})")
+    p.add_argument("--test_fraction", type=float, help="share of the pairs tested on, for a folder without split "
+                                                       f"files (default {d.test_fraction})")
     p.add_argument("--seed", type=int, help=f"default {d.seed}")
     p.add_argument("--num_workers", type=int, help=f"data loader processes (default {d.num_workers})")
     p.add_argument("--accelerator", help=f"auto | cpu | gpu (default {d.accelerator})")

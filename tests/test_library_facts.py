@@ -139,7 +139,7 @@ from pathlib import Path
 from segtune import prepare
 from segtune.assets import build_assets
 configs = prepare.candidate_configs(space, prepare.base_config(space, Path({str(pets_root)!r}), 2))
-assets, tests, notes = build_assets(configs)
+assets, tests, notes, classes = build_assets(configs)
 print(json.dumps({{"heavy": sorted({{m.split(".")[0] for m in sys.modules}} & {{"torch", "pytorch_lightning",
                   "lightning", "segmentation_models_pytorch", "timm", "torchvision"}}),
                   "decoded": {{str(k): len(v) for k, v in assets.decoded.items()}}, "notes": notes}}))

@@ -1,5 +1,6 @@
-"""The Lightning DataModule over a dataset's decoded splits: which split feeds which stage, and from where batches
-come (the host loader, or cut on the device: ``segcore.data.device_batches``).
+"""The Lightning DataModule over a dataset's decoded splits (Oxford-IIIT Pet or a generic layout:
+``segcore.data.dataset``): which split feeds which stage, and from where batches come (the host loader, or cut on the
+device: ``segcore.data.device_batches``).
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from segcore.config import TrainConfig
+from segcore.data.dataset import SPLIT_FILES, check_dataset, dataset_complete
 from segcore.data.decoded import DecodedSplit
 from segcore.data.items import PetsSegmentation, collate
-from segcore.data.pets import SPLIT_FILES, DataSummary, check_splits, layout_complete, split_trainval
+from segcore.data.pets import split_trainval
+from segcore.data.summary import DataSummary
 
 log = logging.getLogger(__name__)
 
@@ -47,23 +50,28 @@ class PetsDataModule(pl.LightningDataModule):
 
             download_pets(self.cfg.data_dir)
 
-    def layout_complete(self, splits: tuple[str, ...] = SPLIT_FILES) -> bool:
-        """Whether the folder, the split files and every file they list are there (``segcore.data.pets``)."""
-        return layout_complete(self.cfg.data_dir, splits)
+    def layout_complete(self) -> bool:
+        """Whether the folder and every file its layout lists are there (``segcore.data.dataset``)."""
+        return dataset_complete(self.cfg.data_dir)
 
     def check(self, splits: tuple[str, ...] = SPLIT_FILES) -> DataSummary:
-        """Read, check and decode every split before training: all problems are reported in one UserError."""
-        return check_splits(self.cfg.data_dir, self.cfg.image_size, self.cfg.val_fraction, self.cfg.seed,
-                            self.decoded, splits)
+        """Read, check and decode every split before training: all problems are reported in one UserError. A
+        generic layout's classes are in the summary: the config to train with names them (``classes``)."""
+        return check_dataset(self.cfg.data_dir, self.cfg.image_size, self.cfg.val_fraction, self.cfg.test_fraction,
+                             self.cfg.seed, self.decoded, splits)
 
     def setup(self, stage: Optional[str] = None) -> None:
         splits = ("trainval",) if stage in ("fit", "validate") else ("test",) if stage == "test" else SPLIT_FILES
         if not all(s in self.decoded for s in splits):
             self.check(splits)
         if "trainval" in self.decoded:
-            train_idx, val_idx = split_trainval(len(self.decoded["trainval"]), self.cfg.val_fraction, self.cfg.seed)
-            self.train_set = PetsSegmentation(self.decoded["trainval"], train_idx, self.cfg.border, augment=True)
-            self.val_set = PetsSegmentation(self.decoded["trainval"], val_idx, self.cfg.border)
+            trainval = self.decoded["trainval"]
+            if trainval.n_train is None:
+                train_idx, val_idx = split_trainval(len(trainval), self.cfg.val_fraction, self.cfg.seed)
+            else:  # the layout's own train and val splits, one after the other
+                train_idx, val_idx = np.arange(trainval.n_train), np.arange(trainval.n_train, len(trainval))
+            self.train_set = PetsSegmentation(trainval, train_idx, self.cfg.border, augment=True)
+            self.val_set = PetsSegmentation(trainval, val_idx, self.cfg.border)
         if "test" in self.decoded:
             test = self.decoded["test"]
             self.test_set = PetsSegmentation(test, np.arange(len(test)), self.cfg.border)

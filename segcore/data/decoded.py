@@ -36,8 +36,13 @@ CACHE_VERSION = 2
 class DecodedSplit:
     names: list[str]
     images: np.ndarray  # (N, 3, S, S) uint8: channels first, as the model takes them (no per-item transpose)
-    labels: np.ndarray  # (N, S, S) uint8, the masks' values as stored: Pets' trimap 1 / 2 / 3, a generic layout's
-    #                     classes (segcore.data.generic); a table maps them to the classes trained on
+    labels: np.ndarray  # (N, S, S) uint8: Pets' trimap values 1 / 2 / 3 (a table by ``border`` maps them to the
+    #                     classes trained on), or, with ``labels_are_classes``, the class indices themselves (255:
+    #                     ignore), as a generic layout's check leaves them (segcore.data.generic)
+    labels_are_classes: bool = False
+    # a train + val split whose first ``n_train`` rows are the layout's training split and the rest its validation
+    # split; None: one list (Pets' trainval) that ``val_fraction`` and the seed divide
+    n_train: Optional[int] = None
 
     def __len__(self) -> int:
         return len(self.names)

@@ -18,7 +18,7 @@ from typing import Iterator, Optional
 import numpy as np
 import torch
 
-from segcore.data.items import PetsSegmentation, trimaps_to_masks
+from segcore.data.items import PetsSegmentation
 from segcore.errors import UserError
 
 # the share of the device's memory a split may take to be held there (the model, activations and optimizer state
@@ -61,7 +61,7 @@ class DeviceBatches:
     def __init__(self, dataset: PetsSegmentation, device: torch.device, batch_size: int, shuffle: bool,
                  drop_last: bool):
         rows = dataset.indices
-        masks = trimaps_to_masks(dataset.decoded.labels[rows], dataset.lut)[:, None]
+        masks = dataset.masks(rows)
         # one upload per split (fancy indexing copies the rows out of the memory-mapped cache)
         self.images = torch.from_numpy(np.ascontiguousarray(dataset.decoded.images[rows])).to(device)
         self.masks = torch.from_numpy(masks).to(device)

@@ -1,6 +1,6 @@
-"""A decoded split as a batched torch Dataset: items ``{"image", "mask"}`` cut from its uint8 arrays, the trimap
-mapped to the mask, flips as augmentation. Shared by the host loader (``segcore.data.datamodule``) and the
-device-resident path (``segcore.data.device_batches``).
+"""A decoded split as a batched torch Dataset: items ``{"image", "mask"}`` cut from its uint8 arrays (Pets' trimap
+mapped to the classes trained on, a generic layout's classes as they are), flips as augmentation. Shared by the host
+loader (``segcore.data.datamodule``) and the device-resident path (``segcore.data.device_batches``).
 """
 from __future__ import annotations
 
@@ -15,10 +15,11 @@ from segcore.losses import IGNORE_INDEX
 
 
 def trimap_lut(border: str) -> np.ndarray:
-    """Trimap value -> mask value: 1 pet -> 1, 2 background -> 0, 3 border -> 1 / 0 / ignored."""
+    """Trimap value -> mask value: 1 pet -> 1, 2 background -> 0, 3 border -> 1 / 0 / ignored / its own class 2
+    (``segcore.config.PETS_TRIMAP_CLASSES``)."""
     lut = np.zeros(256, dtype=np.uint8)
     lut[1] = 1
-    lut[3] = {"pet": 1, "background": 0, "ignore": IGNORE_INDEX}[border]
+    lut[3] = {"pet": 1, "background": 0, "ignore": IGNORE_INDEX, "class": 2}[border]
     return lut
 
 
@@ -33,8 +34,13 @@ class PetsSegmentation(Dataset):
     def __init__(self, decoded: DecodedSplit, indices: np.ndarray, border: str = "pet", augment: bool = False):
         self.decoded = decoded
         self.indices = np.asarray(indices)
-        self.lut = trimap_lut(border)
+        self.lut = None if decoded.labels_are_classes else trimap_lut(border)
         self.augment = augment
+
+    def masks(self, rows: np.ndarray) -> np.ndarray:
+        """The masks (len(rows), 1, S, S) of these rows of the decoded split: a copy, the cache stays read-only."""
+        labels = self.decoded.labels[rows]  # fancy indexing copies
+        return (labels if self.lut is None else trimaps_to_masks(labels, self.lut))[:, None]
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -47,7 +53,7 @@ class PetsSegmentation(Dataset):
         rows = self.indices[np.asarray(positions, dtype=np.int64)]
         # fancy indexing copies: the cache stays read-only and shared, the batch is the loader's own
         images = self.decoded.images[rows]
-        masks = trimaps_to_masks(self.decoded.labels[rows], self.lut)[:, None]
+        masks = self.masks(rows)
         if self.augment:  # horizontal flip of a random half: pets are left/right symmetric
             flip = np.flatnonzero(torch.rand(len(rows)).numpy() < 0.5)
             images[flip] = images[flip, ..., ::-1]

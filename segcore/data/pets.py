@@ -5,12 +5,12 @@ its Ray starts, and imports neither before its trials do.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from segcore.data.decoded import DecodedSplit, decode_split
+from segcore.data.summary import DataSummary
 from segcore.errors import UserError
 
 SPLIT_FILES = ("trainval", "test")
@@ -73,14 +73,6 @@ def split_trainval(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, 
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * val_fraction)))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-@dataclass
-class DataSummary:
-    root: Path
-    train: int
-    val: int
-    test: int
 
 
 def check_splits(data_dir: str | os.PathLike, image_size: int, val_fraction: float, seed: int,
