@@ -1,9 +1,12 @@
-"""Pet masks for image files from a trained model: ``python -m segcore.predict --checkpoint CKPT IMG... --out DIR``.
+"""Masks for image files from a trained model: ``python -m segcore.predict --checkpoint CKPT IMG... --out DIR``.
 
-For every input image ``<stem>.<ext>`` two PNGs of the image's original size go to ``--out``:
-``<stem>_mask.png`` (mode L, 255 = pet, 0 = background) and ``<stem>_overlay.png`` (the image with the pet tinted
-red). Images are resized to the model's square input size exactly as in training, and the probability map is
-resized back before thresholding, so the mask edge follows the original resolution rather than the model's grid.
+For every input image ``<stem>.<ext>`` two PNGs of the image's original size go to ``--out``: ``<stem>_mask.png``
+and ``<stem>_overlay.png``. A model of two classes writes the mask in mode L (255 = foreground, e.g. pet; 0 =
+background) and tints the foreground red in the overlay. A model of three classes or more writes the class index
+of each pixel as a palette ('P') PNG in the classes' colours (``segcore.palette``: any viewer shows the colours, any
+reader gets the index), and tints each class in its colour in the overlay. Images are resized to the model's square
+input size exactly as in training, and the probabilities are resized back before thresholding (or the argmax), so
+the mask edge follows the original resolution rather than the model's grid.
 
 Name clashes: inputs sharing a stem (compared case-insensitively, as on macOS / Windows file systems) keep the
 first one's stem in input order; later ones become ``<stem>-2``, ``<stem>-3``, ... (the next number no input uses).
@@ -27,10 +30,11 @@ from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
 from segcore.build import load_module
-from segcore.callbacks import overlay
+from segcore.callbacks import overlay, overlay_classes
 from segcore.data.decoded import load_image
 from segcore.errors import EXIT_USER_ERROR, UserError, cli_entry
 from segcore.model import SegmentationModule
+from segcore.palette import flat_palette
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 MASK_SUFFIX, OVERLAY_SUFFIX = "_mask.png", "_overlay.png"
@@ -184,7 +188,8 @@ def predict_paths(module: SegmentationModule, paths: Sequence[str | Path], out_d
                   progress: bool = True) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Write ``<stem>_mask.png`` and ``<stem>_overlay.png`` into ``out_dir`` for each image file in ``paths``.
 
-    A pixel is pet when its probability is > ``threshold``. Moves ``module`` to ``device`` and predicts in eval
+    Two classes: a pixel is foreground when its probability is > ``threshold``; more: it is its most probable
+    class (``threshold`` unused). Moves ``module`` to ``device`` and predicts in eval
     mode (its train / eval mode is restored after). Raises UserError when a target file already exists.
     Returns (every file written: mask then overlay per predicted image, in input order;
     (path, reason) of each unreadable image skipped).
@@ -203,7 +208,8 @@ def predict_paths(module: SegmentationModule, paths: Sequence[str | Path], out_d
         with torch.inference_mode():
             for batch in _batches(paths, batch_size, size, skipped, bar):
                 x = torch.from_numpy(np.stack([arr for _, _, arr in batch])).permute(0, 3, 1, 2).to(device)
-                probs = module(x).sigmoid()
+                logits = module(x)
+                probs = logits.softmax(dim=1) if module.multiclass else logits.sigmoid()
                 out_dir.mkdir(parents=True, exist_ok=True)  # only once something is readable: no empty folder
                 for (i, image, _), prob in zip(batch, probs, strict=True):
                     prob = prob[None]
@@ -211,12 +217,19 @@ def predict_paths(module: SegmentationModule, paths: Sequence[str | Path], out_d
                         # resize probabilities, not the thresholded mask: smooth edges at the original resolution
                         prob = F.interpolate(prob, size=(image.height, image.width), mode="bilinear",
                                              align_corners=False)
-                    mask = (prob > threshold).to(torch.uint8).cpu()  # (1, 1, H, W)
                     rgb = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)[None]
-                    tinted = overlay(rgb, mask, OVERLAY_COLOR)[0].permute(1, 2, 0).numpy()
                     mask_file, overlay_file = targets[i]
-                    _save_png(Image.fromarray(mask[0, 0].numpy() * 255), mask_file)  # 2-D uint8: mode L
-                    _save_png(Image.fromarray(tinted), overlay_file)
+                    if module.multiclass:
+                        classes = prob.argmax(dim=1, keepdim=True).to(torch.uint8).cpu()  # (1, 1, H, W)
+                        tinted = overlay_classes(rgb, classes, len(module.class_names))
+                        indexed = Image.fromarray(classes[0, 0].numpy(), mode="P")
+                        indexed.putpalette(flat_palette())
+                        _save_png(indexed, mask_file)
+                    else:
+                        mask = (prob > threshold).to(torch.uint8).cpu()  # (1, 1, H, W)
+                        tinted = overlay(rgb, mask, OVERLAY_COLOR)
+                        _save_png(Image.fromarray(mask[0, 0].numpy() * 255), mask_file)  # 2-D uint8: mode L
+                    _save_png(Image.fromarray(tinted[0].permute(1, 2, 0).numpy()), overlay_file)
                     written += [mask_file, overlay_file]
                     bar.update(1)
     finally:
@@ -230,8 +243,9 @@ def predict_paths(module: SegmentationModule, paths: Sequence[str | Path], out_d
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m segcore.predict",
-        description="Predict pet / background masks for images with a trained segcore model.",
-        epilog="Writes <out>/<stem>_mask.png (L, 0/255) and <out>/<stem>_overlay.png at each input's size. "
+        description="Predict masks for images with a trained segcore model.",
+        epilog="Writes <out>/<stem>_mask.png (two classes: L, 0/255; more: the class index as a palette PNG in the "
+               "classes' colours) and <out>/<stem>_overlay.png at each input's size. "
                "Inputs sharing a stem: later ones are written as <stem>-2, <stem>-3, ... Existing files are never "
                "overwritten. Exit codes: 0 all predicted, 1 some unreadable images skipped, 2 nothing predicted "
                "or a user error.")
@@ -245,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "predicted (sorted by name, not recursive)")
     p.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created if absent)")
     p.add_argument("--threshold", type=float, default=0.5,
-                   help="a pixel is pet when its probability is above this, in (0, 1) (default 0.5)")
+                   help="two classes: a pixel is foreground (pet) when its probability is above this, in (0, 1) "
+                        "(default 0.5); more classes: each pixel's most probable class, whatever this says")
     p.add_argument("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto uses CUDA when available (default auto)")
