@@ -38,7 +38,10 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--synthetic", action="store_true", default=default(D.synthetic),
                    help="generate a stand-in dataset in --data-dir if empty")
     p.add_argument("--synthetic-images", type=int, default=default(D.synthetic_images),
-                   help="with --synthetic: images to generate (half trainval, half test)")
+                   help="with --synthetic: images to generate (pets: half trainval, half test; folder: 60/20/20)")
+    p.add_argument("--synthetic-layout", choices=("pets", "folder"), default=default(D.synthetic_layout),
+                   help="with --synthetic: Oxford-IIIT Pet's layout (pet / background), or a folder of images and "
+                        "palette masks with three classes (background, pet, toy: README, 'Your own data')")
     p.add_argument("--num-samples", type=int, default=default(D.num_samples),
                    help="trials to run (x grid size with grid values)")
     p.add_argument("--max-epochs", type=int, default=default(D.max_epochs),

@@ -21,7 +21,8 @@ to learn shape as well as colour, and its capacity and learning rate show in the
 Names cycle through the 37 real breeds; ``<n>`` counts from 1 per breed.
 Output is deterministic: the same num / seed / sizes give byte-identical files.
 
-Usage: ``python -m segcore.synthetic DIR [--num N] [--seed S] [--min-size A] [--max-size B]``
+Usage: ``python -m segcore.synthetic DIR [--num N] [--seed S] [--min-size A] [--max-size B]``; with
+``--layout folder``, a three-class stand-in for a folder of one's own instead (``segcore.synthetic_folder``)
 (torchvision expects ``DIR`` to be ``PARENT/oxford-iiit-pet``). It refuses to write into a
 directory that already holds an ``images`` or ``annotations`` folder with files.
 
@@ -373,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
         "so tests and demos never need the network.",
     )
     p.add_argument("dir", type=Path, help="output directory (torchvision expects PARENT/oxford-iiit-pet)")
+    p.add_argument("--layout", choices=("pets", "folder"), default="pets",
+                   help="pets: Oxford-IIIT Pet's layout (trimaps); folder: images/ + masks/ (palette PNGs), "
+                        "classes.txt and splits/, three classes: background, pet, toy (default pets)")
     p.add_argument("--num", type=int, default=DEFAULT_NUM, help=f"number of images (>= 2, default {DEFAULT_NUM})")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--min-size", type=int, default=DEFAULT_MIN_SIZE,
@@ -385,6 +389,12 @@ def build_parser() -> argparse.ArgumentParser:
 @cli_entry
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.layout == "folder":
+        from segcore.synthetic_folder import CLASSES, generate_folder
+
+        root = generate_folder(args.dir, num=args.num, seed=args.seed, min_size=args.min_size, max_size=args.max_size)
+        print(f"wrote {args.num} images with three-class masks ({', '.join(CLASSES)}) to {root}")
+        return 0
     root = generate(args.dir, num=args.num, seed=args.seed, min_size=args.min_size, max_size=args.max_size)
     print(f"wrote {args.num} synthetic Oxford-IIIT Pet images (+ trimaps and split lists) to {root}")
     return 0

@@ -30,29 +30,33 @@ class SweepAssets:
 
 
 def build_assets(configs: list[TrainConfig], data: bool = True
-                 ) -> tuple[SweepAssets, dict[int, DecodedSplit], list[str]]:
+                 ) -> tuple[SweepAssets, dict[int, DecodedSplit], list[str], Optional[list[str]]]:
     """Check + decode the data at each image size (unless ``data`` is False) and fetch each encoder's weights;
-    returns the trials' assets, the test split at each size (memory-mapped, for the final test only) and notes."""
+    returns the trials' assets, the test split at each size (memory-mapped, for the final test only), notes for the
+    plan, and the data's classes (a generic layout's; None for Oxford-IIIT Pet, whose classes follow ``border``)."""
     import numpy as np
 
-    from segcore.data.pets import check_splits
+    from segcore.data.dataset import check_dataset, classes_for
 
-    assets, tests, notes = SweepAssets(), {}, []
+    assets, tests, notes, classes = SweepAssets(), {}, [], None
     for size in sorted({c.image_size for c in configs}) if data else []:
         cfg = next(c for c in configs if c.image_size == size)
         decoded: dict[str, DecodedSplit] = {}
-        summary = check_splits(cfg.data_dir, size, cfg.val_fraction, cfg.seed, decoded)  # test too: the final test
+        # test too: the final test
+        summary = check_dataset(cfg.data_dir, size, cfg.val_fraction, cfg.test_fraction, cfg.seed, decoded)
+        classes = classes_for(cfg.classes, summary, cfg.data_dir)
         tests[size] = decoded["test"]
         trainval = decoded["trainval"]
         # plain arrays (not memory maps) so they travel through the object store to any node
         assets.decoded[size] = DecodedSplit(trainval.names, np.ascontiguousarray(trainval.images),
-                                            np.ascontiguousarray(trainval.labels))
-        notes.append(f"data {summary.root} at {size}px: train {summary.train}, val {summary.val}, "
-                     f"test {summary.test}")
+                                            np.ascontiguousarray(trainval.labels),
+                                            labels_are_classes=trainval.labels_are_classes, n_train=trainval.n_train)
+        lines = summary.plan_lines(size)
+        notes += lines if not notes else lines[:1]  # the classes once: the same at every size
     for encoder, weights in sorted({(c.encoder, c.encoder_weights) for c in configs}):
         if weights != "none":
             from segcore.weights import encoder_state  # torch and SMP
 
             assets.encoders[(encoder, weights)] = encoder_state(encoder, weights)
         notes.append(f"weights {encoder}: {weights}")
-    return assets, tests, notes
+    return assets, tests, notes, classes

@@ -23,10 +23,12 @@ from segcore.metrics_names import (
     EPOCH,
     EVAL_METRICS,
     LEARNING_RATE,
+    MULTICLASS_EVAL_METRICS,
     SWEEP_METRIC,
     TRAIN_LOSS,
     TRAIN_LOSS_STEP,
     VAL_PREDICTIONS,
+    class_metric,
     stage_metric,
 )
 from segtune import saved_state
@@ -43,6 +45,9 @@ from segtune.results import (
 )
 
 SCALARS = (TRAIN_LOSS, *(stage_metric("val", m) for m in EVAL_METRICS), LEARNING_RATE)
+# three classes or more: the pixel accuracy and each class's IoU (val/iou/<class>) too
+MULTICLASS_SCALARS = tuple(stage_metric("val", m) for m in MULTICLASS_EVAL_METRICS if m not in EVAL_METRICS)
+CLASS_PREFIX = stage_metric("val", class_metric(""))
 BEST, EPOCHS = f"{SWEEP_METRIC}_best", "trial/epochs"  # for HParams: the best so far, the epochs run
 OUTCOME = "outcome"  # an hparam of every session: trials.csv's status, to filter by
 CONFIG_SUFFIX = ".hparams-config"  # the experiment root's events file holding the HParams configuration
@@ -71,9 +76,12 @@ def _value(value: Any) -> Any:
 
 
 class TrialBoard(LoggerCallback):
-    def __init__(self, searched: dict[str, tuple[str, list]], fixed: dict[str, Any], max_epochs: int):
+    def __init__(self, searched: dict[str, tuple[str, list]], fixed: dict[str, Any], max_epochs: int,
+                 classes: Optional[list[str]] = None):
+        """``classes``: the data's, where it names three or more (their IoUs are HParams metrics too)."""
         self.domains = domains(searched, fixed)
         self.max_epochs = max_epochs
+        self.classes = list(classes) if classes and len(classes) > 2 else []
         self._writers: dict[str, EventWriter] = {}  # trial id -> its writer (not pickled with Tune's state)
         self._started: dict[str, float] = {}
         self._written: dict[str, int] = {}  # trial id -> the last epoch written
@@ -81,10 +89,11 @@ class TrialBoard(LoggerCallback):
         self._config_written = False  # the experiment's configuration, looked for once per driver process
 
     def __getstate__(self) -> dict:
-        return {"domains": self.domains, "max_epochs": self.max_epochs}
+        return {"domains": self.domains, "max_epochs": self.max_epochs, "classes": self.classes}
 
     def __setstate__(self, state: dict) -> None:
         self.domains, self.max_epochs = state["domains"], state["max_epochs"]
+        self.classes = state.get("classes", [])  # a board pickled before it had classes: two
         self._writers, self._started, self._written, self._best = {}, {}, {}, {}
         self._config_written = False
 
@@ -103,7 +112,7 @@ class TrialBoard(LoggerCallback):
         steps = result.get(TRAIN_LOSS_STEP)
         first_step = (int(step) - 1) * len(steps) + 1 if isinstance(steps, list) and steps else None
         writer = self._writer(trial, int(step), first_step)
-        for tag in SCALARS:
+        for tag in (*SCALARS, *MULTICLASS_SCALARS, *(k for k in result if k.startswith(CLASS_PREFIX))):
             value = result.get(tag)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 writer.add_scalar(tag, value, global_step=int(step))
@@ -154,7 +163,7 @@ class TrialBoard(LoggerCallback):
         if any(experiment.glob(f"events.out.tfevents.*{CONFIG_SUFFIX}")):
             return  # written by this sweep before (a resume): one configuration per experiment
         writer = EventWriter(str(experiment), filename_suffix=CONFIG_SUFFIX)
-        writer.add_summary(config_summary(self.domains))
+        writer.add_summary(config_summary(self.domains, self.classes))
         writer.close()
 
 
@@ -275,8 +284,9 @@ def shown_first(doms: dict[str, tuple[str, list]]) -> set[str]:
     return {name for name, (kind, values) in doms.items() if kind in ("real", "int")} | {OUTCOME}
 
 
-def config_summary(doms: dict[str, tuple[str, list]]):
-    """The experiment's HParams configuration: every hparam with its domain, and the metrics to compare."""
+def config_summary(doms: dict[str, tuple[str, list]], classes: list[str] = ()):
+    """The experiment's HParams configuration: every hparam with its domain, and the metrics to compare (with
+    ``classes``, three or more: the pixel accuracy and each class's IoU too)."""
     from tensorboard.plugins.hparams import plugin_data_pb2
     from tensorboard.plugins.hparams import summary_v2 as hp
 
@@ -284,6 +294,10 @@ def config_summary(doms: dict[str, tuple[str, list]]):
                hp.Metric(SWEEP_METRIC, display_name=f"last {SWEEP_METRIC}"),
                hp.Metric(EPOCHS, display_name="epochs run"),
                hp.Metric(stage_metric("val", "loss"), display_name="last val/loss")]
+    if classes:
+        metrics += [hp.Metric(tag, display_name=f"last {tag}") for tag in MULTICLASS_SCALARS]
+        metrics += [hp.Metric(stage_metric("val", class_metric(name)), display_name=f"last val IoU of {name}")
+                    for name in classes]
     summary = hp.hparams_config_pb([_hparam(name, kind, values) for name, (kind, values) in doms.items()], metrics)
     # hparams_config_pb has no argument for HParamInfo.differs: set on its proto
     value = summary.value[0]

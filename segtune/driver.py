@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
 from segcore.config import TrainConfig
+from segcore.data.dataset import dataset_complete, find_dataset
 from segcore.data.decoded import DecodedSplit
-from segcore.data.pets import find_root, layout_complete
 from segcore.errors import UserError
 from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE
 from segtune import cluster, prepare, saved_state
@@ -157,8 +157,9 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
         from segtune.assets import build_assets
 
         pending = prepare.ensure_dataset(data_dir, settings.synthetic, settings.download, settings.synthetic_images,
-                                         dry_run=settings.dry_run)
-        assets, tests, notes = build_assets(configs, data=pending is None)
+                                         dry_run=settings.dry_run, synthetic_layout=settings.synthetic_layout)
+        assets, tests, notes, classes = build_assets(configs, data=pending is None)
+        base["classes"] = classes  # a folder of one's own: its classes, in every trial's config and checkpoint
     except BaseException:
         if ray_start is not None:
             ray_start.abandon()
@@ -169,10 +170,10 @@ def check_and_prepare(given: SweepSettings, named: set[str]) -> Prepared:
 
 def data_complete_or_generated(data_dir: Path, synthetic: bool) -> bool:
     """Whether every listed file is there, or a stand-in is about to be generated into an empty folder."""
-    if layout_complete(data_dir):
+    if dataset_complete(data_dir):
         return True
     try:
-        find_root(data_dir)
+        find_dataset(data_dir)
         return False  # a dataset with files missing: the data check says which, with Ray unstarted
     except UserError:
         return synthetic
@@ -287,7 +288,8 @@ def build_tuner(job: Prepared, ray_cluster: cluster.Cluster, restore: bool):
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute=SWEEP_METRIC,
                                                     checkpoint_score_order=SWEEP_MODE),
             failure_config=tune.FailureConfig(max_failures=s.max_failures),
-            callbacks=[saved_state.CommittedState(), TrialBoard(job.space.searched, job.space.fixed, s.max_epochs),
+            callbacks=[saved_state.CommittedState(),
+                       TrialBoard(job.space.searched, job.space.fixed, s.max_epochs, job.base.get("classes")),
                        tune_callbacks.StopWhenSaved(), tune_callbacks.Progress(s.max_epochs)],
             verbose=ray_verbosity),
     )

@@ -6,20 +6,23 @@ driver decoded before launch; the checkpoint is read wherever the sweep stored i
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from segcore.data.decoded import DecodedSplit
-from segcore.metrics_names import EVAL_METRICS, stage_metric
+from segcore.metrics_names import class_metric, eval_metrics, stage_metric
 from segtune.results import checkpoint_location
 from segtune.storage import CHECKPOINT_FILE, TEST_METRICS_FILE, write_text_atomic
 
 
 def evaluate(checkpoint_file: str, test: DecodedSplit) -> dict[str, Any]:
-    """segcore's own test step on ``test`` with the module in ``checkpoint_file``: dataset and per-image IoU and
-    Dice, and the loss. Runs wherever it is called (a GPU if one is visible), at the precision the trial trained
-    at (its config's, resolved on this device as the trial resolved it)."""
+    """segcore's own test step on ``test`` with the module in ``checkpoint_file``: the test metrics of its classes
+    (two: dataset and per-image IoU and Dice; more: mean IoU, pixel accuracy, Dice and ``per_class_iou``
+    ``{class name: IoU}``, None for a class absent from truth and prediction), and the loss. Runs wherever it is
+    called (a GPU if one is visible), at the precision the trial trained at (its config's, resolved on this device
+    as the trial resolved it)."""
     from segcore.build import load_module, quiet_lightning, test_trainer
     from segcore.data.datamodule import PetsDataModule
 
@@ -28,8 +31,16 @@ def evaluate(checkpoint_file: str, test: DecodedSplit) -> dict[str, Any]:
     cfg = module.cfg.replace(num_workers=0)
     datamodule = PetsDataModule(cfg, decoded={"test": test})
     metrics = test_trainer(cfg).test(module, datamodule=datamodule, verbose=False)[0]
-    names = [stage_metric("test", m) for m in EVAL_METRICS]
-    return {"images": len(test), "image_size": cfg.image_size, **{k: float(metrics[k]) for k in names}}
+    names = [stage_metric("test", m) for m in eval_metrics(cfg.class_names)]
+    out = {"images": len(test), "image_size": cfg.image_size, **{k: float(metrics[k]) for k in names}}
+    if cfg.num_classes > 2:
+        out["per_class_iou"] = {name: finite_or_none(out.pop(stage_metric("test", class_metric(name))))
+                                for name in cfg.class_names}
+    return out
+
+
+def finite_or_none(value: float):
+    return value if math.isfinite(value) else None  # JSON has no NaN
 
 
 def run_final_test(checkpoint, tests: dict[int, DecodedSplit], image_size: int, cpus: float, gpus: float,

@@ -58,14 +58,14 @@ def candidate_configs(space: Space, base: dict[str, Any]) -> list[TrainConfig]:
 
 
 def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, synthetic_images: int,
-                   dry_run: bool = False) -> Optional[str]:
+                   dry_run: bool = False, synthetic_layout: str = "pets") -> Optional[str]:
     """Generate or download the dataset when asked and absent. In a dry run nothing is fetched: returns what
     would happen instead (and the data check is then skipped)."""
-    from segcore.data.pets import find_root
+    from segcore.data.dataset import find_dataset
 
     if dry_run:
         try:
-            find_root(data_dir)
+            find_dataset(data_dir)
             return None
         except UserError:
             if synthetic or download:
@@ -73,9 +73,16 @@ def ensure_dataset(data_dir: Path, synthetic: bool, download: bool, synthetic_im
             raise
     if synthetic:
         try:
-            find_root(data_dir)
+            find_dataset(data_dir)
             return  # already holds a dataset: use it, never overwrite
         except UserError:
+            if synthetic_layout == "folder":
+                from segcore.synthetic_folder import CLASSES, generate_folder
+
+                generate_folder(data_dir, num=synthetic_images, seed=0)
+                print(f"generated a stand-in folder of {synthetic_images} images with {len(CLASSES)} classes "
+                      f"({', '.join(CLASSES)}) in {data_dir}")
+                return
             from segcore.synthetic import generate
 
             generate(data_dir, num=synthetic_images, seed=0, min_size=64, max_size=128)

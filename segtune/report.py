@@ -18,11 +18,19 @@ from pathlib import Path
 from typing import Any, Optional
 
 from segcore.errors import UserError
-from segcore.metrics_names import EPOCH, SWEEP_METRIC, VAL_PREDICTIONS_IMAGES, VAL_PREDICTIONS_PADDING
+from segcore.metrics_names import (
+    EPOCH,
+    SWEEP_METRIC,
+    VAL_PREDICTIONS_IMAGES,
+    VAL_PREDICTIONS_PADDING,
+    class_metric,
+    stage_metric,
+)
 from segtune import naming
 from segtune.results import STATUSES, STOPPED, finite, status_from_last
 from segtune.settings import read_settings
 from segtune.storage import (
+    BEST_CONFIG_FILE,
     CHECKPOINT_FILE,
     PARAMS_FILE,
     PREDICTIONS_FILE,
@@ -270,7 +278,47 @@ def checkpoint_of(trial: TrialRecord, row: dict[str, Any]) -> Optional[Path]:
     return None
 
 
-def predictions_grid(checkpoint: Path, data_dir: str, out: Path) -> str:
+def read_classes(path: Path) -> list[str]:
+    """The classes the sweep trained on: best_config.yaml's (a generic layout's names them), else none known."""
+    import yaml
+
+    try:
+        classes = (yaml.safe_load((path / BEST_CONFIG_FILE).read_text()) or {}).get("classes")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    return [str(c) for c in classes] if isinstance(classes, list) else []
+
+
+def with_legend(grid, classes: list[str]):
+    """``grid`` (a PIL image) with rows under it naming each class beside its colour (segcore.palette), and the
+    white of ignored pixels."""
+    from PIL import Image, ImageDraw
+
+    from segcore.palette import class_colours
+
+    entries = [*zip(classes, class_colours(len(classes)), strict=True), ("ignored (255)", (255, 255, 255))]
+    swatch, gap = 14, 8
+    draw = ImageDraw.Draw(grid)
+    widths = [swatch + 4 + int(draw.textlength(name)) + gap for name, _ in entries]
+    rows, x = 1, 0
+    for w in widths:  # as many rows as the grid's width needs
+        if x and x + w > grid.width:
+            rows, x = rows + 1, 0
+        x += w
+    out = Image.new("RGB", (grid.width, grid.height + rows * (swatch + 6) + 4), (255, 255, 255))
+    out.paste(grid, (0, 0))
+    draw = ImageDraw.Draw(out)
+    x, y = 4, grid.height + 4
+    for (name, colour), w in zip(entries, widths, strict=True):
+        if x > 4 and x + w > grid.width:
+            x, y = 4, y + swatch + 6
+        draw.rectangle([x, y, x + swatch, y + swatch], fill=colour, outline=(0, 0, 0))
+        draw.text((x + swatch + 4, y + 1), name, fill=(0, 0, 0))
+        x += w
+    return out
+
+
+def predictions_grid(checkpoint: Path, data_dir: str, out: Path, classes: list[str] = ()) -> str:
     """Image | truth | prediction rows for the first validation images of the best trial's split. Returns what
     was shown, or raises UserError when the data is not there.
 
@@ -289,7 +337,10 @@ def predictions_grid(checkpoint: Path, data_dir: str, out: Path) -> str:
         n = (pixels.shape[0] - VAL_PREDICTIONS_PADDING) // (size + VAL_PREDICTIONS_PADDING)
     grid = Image.fromarray(pixels)
     scale = max(1, 600 // grid.width)  # small training sizes: enlarged (nearest, pixels kept) to be seen
-    grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST).save(out)
+    grid = grid.resize((grid.width * scale, grid.height * scale), Image.NEAREST)
+    if len(classes) > 2:
+        grid = with_legend(grid, list(classes))
+    grid.save(out)
     return f"{n} validation images at {size}px"
 
 
@@ -308,11 +359,30 @@ def run_best_model(checkpoint: Path, data_dir: str):
     n = min(VAL_PREDICTIONS_IMAGES, len(datamodule.val_set))
     batch = datamodule.val_set.__getitems__(list(range(n)))
     with torch.inference_mode():
-        pred = (module(batch["image"]).sigmoid() > 0.5).to(torch.uint8)
-    return comparison_grid(batch["image"], batch["mask"], pred).permute(1, 2, 0).numpy(), n, cfg.image_size
+        pred = module.predicted_classes(module(batch["image"]))
+    grid = comparison_grid(batch["image"], batch["mask"], pred, num_classes=cfg.num_classes)
+    return grid.permute(1, 2, 0).numpy(), n, cfg.image_size
 
 
 # ----- the report -----------------------------------------------------------------------------------------------
+
+def per_class_table(best_row: dict[str, Any], test: dict[str, Any]) -> list[str]:
+    """The best trial's IoU of each class at its best epoch and on the test split (three classes or more; none
+    for two, whose val/iou is the foreground's)."""
+    prefix = stage_metric("val", class_metric(""))
+    val = {k[len(prefix):]: finite(v) for k, v in best_row.items() if k.startswith(prefix)}
+    tested = test.get("per_class_iou") or {}
+    names = list(dict.fromkeys([*val, *tested]))
+    if not names:
+        return []
+    lines = ["## IoU by class", "",
+             "The best trial's IoU of each class, at its best epoch (validation) and on the test split; '-': the "
+             "class is in neither truth nor prediction, and left out of the mean.", "",
+             "| class | validation IoU | test IoU |", "| --- | --- | --- |"]
+    lines += [f"| {name} | {_fmt(val.get(name)) or '-'} | {_fmt(finite(tested.get(name))) or '-'} |"
+              for name in names]
+    return lines + [""]
+
 
 def _fmt(value: Optional[float]) -> str:
     return "" if value is None else f"{value:.4f}"
@@ -343,6 +413,7 @@ def build_report(path: Path) -> Path:
         lines += ["## Final test", "", f"The best checkpoint on the test split ({test.get('images')} images):", "",
                   "| metric | value |", "| --- | --- |"]
         lines += [f"| {k} | {_fmt(finite(v))} |" for k, v in test.items() if k.startswith("test/")] + [""]
+    lines += per_class_table(best[1] if best is not None else {}, test or {})
 
     plot_curves(experiment, path / CURVES_PNG)
     lines += [f"## {SWEEP_METRIC} per epoch", "", f"![{SWEEP_METRIC} per epoch]({CURVES_PNG})", "",
@@ -376,8 +447,11 @@ def build_report(path: Path) -> Path:
         lines += ["Not shown: no checkpoint of the best trial is left.", ""]
     else:
         try:
-            shown = predictions_grid(checkpoint, s.get("data_dir", ""), path / PREDICTIONS_PNG)
-            lines += [f"Each row: image | truth (green) | prediction (red); {shown}, checkpoint `{checkpoint}`.",
+            classes = read_classes(path)
+            shown = predictions_grid(checkpoint, s.get("data_dir", ""), path / PREDICTIONS_PNG, classes)
+            colours = ("each class in its colour (the legend under the picture), ignored pixels white"
+                       if len(classes) > 2 else "truth (green) | prediction (red)")
+            lines += [f"Each row: image | truth | prediction, {colours}; {shown}, checkpoint `{checkpoint}`.",
                       "", f"![predictions]({PREDICTIONS_PNG})", ""]
         except UserError as err:
             lines += [f"Not shown: the data is not readable here ({str(err).splitlines()[0]}).", ""]

@@ -4,12 +4,12 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from segcore.metrics_names import DIVERGED as DIVERGED_KEY
-from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE, stage_metric
+from segcore.metrics_names import EPOCH, SWEEP_METRIC, SWEEP_MODE, class_metric, stage_metric
 from segtune import naming
 from segtune.spaces import to_config_values
 from segtune.storage import (
@@ -40,6 +40,7 @@ FAILED = (DIVERGED, COLLAPSED, ERRORED)  # outcomes that are no result: Optuna i
 EXPLODED_LOSS = 100.0
 COLLAPSED_FRACTION = 0.01
 VAL_LOSS, PET_FRACTION = stage_metric("val", "loss"), stage_metric("val", "pet_fraction")
+VAL_ACC, VAL_CLASS_PREFIX = stage_metric("val", "acc"), stage_metric("val", class_metric(""))
 
 
 def exploded(last: dict[str, Any]) -> bool:
@@ -71,8 +72,10 @@ class TrialRow:
     world_size: int
     path: str
     error: str
+    # the pixel accuracy and each class's IoU of its best epoch (data of three classes or more), by metric name
+    at_best: dict[str, Optional[float]] = field(default_factory=dict)
 
-    def as_csv(self, param_keys: list[str]) -> dict[str, Any]:
+    def as_csv(self, param_keys: list[str], extra_keys: tuple[str, ...] = ()) -> dict[str, Any]:
         row = {"trial": "" if self.number is None else self.number, "name": self.name, "trial_id": self.trial_id,
                "status": self.status}
         row.update({f"param.{k}": self.params.get(k, "") for k in param_keys})
@@ -80,6 +83,7 @@ class TrialRow:
                     "epochs": self.epochs, "wall_time_s": round(self.wall_time_s, 2), "hostname": self.hostname,
                     "node_ip": self.node_ip, "node_id": self.node_id, "device": self.device,
                     "gpu": self.gpu, "world_size": self.world_size, "path": self.path, "error": self.error})
+        row.update({key: _fmt(self.at_best.get(key)) for key in extra_keys})
         return row
 
 
@@ -137,7 +141,7 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
             node_ip=str(metrics.get("node_ip", "")), node_id=str(metrics.get("node_id", "")),
             device=str(metrics.get("device", "")), gpu=str(metrics.get("gpu", "")),
             world_size=int(metrics.get("world_size") or 0),
-            path=str(result.path), error=error))
+            path=str(result.path), error=error, at_best=metrics_at_best(result)))
     return sorted(rows, key=lambda r: (r.number is None, r.number or 0, r.trial_id))
 
 
@@ -154,11 +158,23 @@ def config_of(result) -> dict[str, Any]:
 
 
 def write_trials_csv(rows: list[TrialRow], searched_keys: list[str], path: Path) -> None:
+    extra = tuple(dict.fromkeys(k for row in rows for k in row.at_best))  # first seen first: acc, then class order
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0].as_csv(searched_keys)) if rows else ["trial_id"])
+        writer = csv.DictWriter(f, fieldnames=list(rows[0].as_csv(searched_keys, extra)) if rows else ["trial_id"])
         writer.writeheader()
         for row in rows:
-            writer.writerow(row.as_csv(searched_keys))
+            writer.writerow(row.as_csv(searched_keys, extra))
+
+
+def metrics_at_best(result) -> dict[str, Optional[float]]:
+    """``val/acc`` and ``val/iou/<class>`` of the trial's epoch with the best ``val/iou`` (none for two classes,
+    which log neither); a class's IoU is None where the class was absent from truth and prediction."""
+    df = result.metrics_dataframe
+    keys = [] if df is None else [k for k in df.columns if k == VAL_ACC or k.startswith(VAL_CLASS_PREFIX)]
+    if not keys or SWEEP_METRIC not in df or not df[SWEEP_METRIC].notna().any():
+        return {}
+    row = df.loc[df[SWEEP_METRIC].idxmax() if SWEEP_MODE == "max" else df[SWEEP_METRIC].idxmin()]
+    return {k: finite(row[k]) for k in keys}
 
 
 better = max if SWEEP_MODE == "max" else min  # of several val/iou, the best
@@ -252,9 +268,14 @@ def write_summary(summary: dict[str, Any], experiment_dir: Path) -> None:
 
 
 def format_test(metrics: dict[str, Any]) -> str:
-    return (f"Final test, best checkpoint on {metrics['images']} test images: IoU {metrics['test/iou']:.4f}, "
-            f"per-image IoU {metrics['test/per_image_iou']:.4f}, Dice {metrics['test/dice']:.4f}, "
-            f"per-image Dice {metrics['test/per_image_dice']:.4f}")
+    head = f"Final test, best checkpoint on {metrics['images']} test images: "
+    if "per_class_iou" in metrics:  # three classes or more
+        per_class = ", ".join(f"{name} {'-' if iou is None else f'{iou:.4f}'}"
+                              for name, iou in metrics["per_class_iou"].items())
+        return (head + f"mean IoU {metrics['test/iou']:.4f}, pixel accuracy {metrics['test/acc']:.4f}, "
+                f"IoU by class: {per_class}")
+    return (head + f"IoU {metrics['test/iou']:.4f}, per-image IoU {metrics['test/per_image_iou']:.4f}, "
+            f"Dice {metrics['test/dice']:.4f}, per-image Dice {metrics['test/per_image_dice']:.4f}")
 
 
 def format_summary(summary: dict[str, Any]) -> str:

@@ -33,6 +33,9 @@ SEARCHES, SCHEDULERS = ("optuna", "random"), ("asha", "fifo")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")  # an experiment's folder name: no path separators
 
 
+SYNTHETIC_LAYOUTS = ("pets", "folder")
+
+
 @dataclass
 class SweepSettings:
     """Everything a sweep runs with: its flags, checked together (``problems``), saved as ``sweep.yaml`` and read
@@ -42,6 +45,9 @@ class SweepSettings:
     download: bool = False
     synthetic: bool = False
     synthetic_images: int = 96  # with --synthetic: how many images the generated set has (half of them test)
+    # with --synthetic: Oxford-IIIT Pet's layout (two classes), or a folder of one's own with three classes
+    # (segcore.synthetic_folder)
+    synthetic_layout: str = "pets"
     num_samples: int = 16
     max_epochs: int = 10
     grace_period: int = 1
@@ -90,6 +96,8 @@ class SweepSettings:
             p.append(f"--search {self.search!r}: one of {', '.join(SEARCHES)}")
         if self.scheduler not in SCHEDULERS:
             p.append(f"--scheduler {self.scheduler!r}: one of {', '.join(SCHEDULERS)}")
+        if self.synthetic_layout not in SYNTHETIC_LAYOUTS:
+            p.append(f"--synthetic-layout {self.synthetic_layout!r}: one of {', '.join(SYNTHETIC_LAYOUTS)}")
         if self.synthetic_images < 2:
             p.append(f"--synthetic-images must be >= 2 (one image per split at least), got {self.synthetic_images}")
         if self.num_samples < 1:

@@ -249,3 +249,29 @@ def test_the_real_process_exits_2_without_traceback(pets_root, storage, tmp_path
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: dataset") and "Traceback" not in proc.stderr
     assert fingerprint(storage) == before and os.listdir(storage) == [OTHER]
+
+
+def test_a_broken_folder_of_ones_own_lists_every_problem_and_writes_nothing(tmp_path, storage, capsys):
+    """Issue #35: images without masks, masks without images, a mask of another size, values that are neither a class
+    nor 255, an unreadable image: one line each, exit 2, before Ray starts; the storage folder untouched."""
+    import numpy as np
+    from PIL import Image
+    from test_generic_data import palette_png, write_dataset
+
+    data = tmp_path / "mine"
+    write_dataset(data, palette_png, n=8)
+    (data / "classes.txt").write_text("background\npet\ntoy\n")
+    (data / "masks" / "im0.png").unlink()  # an image without its mask
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(data / "masks" / "stray.png")  # a mask without its image
+    Image.fromarray(np.zeros((10, 10), np.uint8), mode="L").save(data / "masks" / "im1.png")  # another size
+    Image.fromarray(np.full((24, 32), 7, np.uint8), mode="L").save(data / "masks" / "im2.png")  # not a class
+    (data / "images" / "im3.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    before = fingerprint(storage)
+    code = tune_main("--data-dir", str(data), "--space", "smoke", "--storage-path", str(storage), "--name", NEW)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err
+    for text in ("1 image(s) without a mask", "im0", "1 mask(s) without an image", "stray",
+                 "im1.png: mask size 10x10 differs from its image's 32x24", "im2.png: values [7] are neither a class",
+                 "im3.jpg: cannot be decoded as an image"):
+        assert text in err, (text, err)
+    assert fingerprint(storage) == before and sorted(os.listdir(storage)) == [OTHER]

@@ -1,0 +1,67 @@
+"""A sweep on a folder of one's own with three classes (issue #35), through the real CLI on the session's shared
+Ray: the generated stand-in (``--synthetic --synthetic-layout folder``), its mean IoU as ``val/iou``, each class's
+IoU and the pixel accuracy read back from trials.csv, TensorBoard's event files, test_metrics.json and the report."""
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import REPO, SMALL_ENCODER, run_cli
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_own_data_sweep")]
+CLASSES = ("background", "pet", "toy")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, shared_ray):
+    root = tmp_path_factory.mktemp("own")
+    flags = ["tune_main.py", "--synthetic", "--synthetic-layout", "folder", "--synthetic-images", "20",
+             "--data-dir", str(root / "data"), "--space", "own_data", "--set", f"encoder={SMALL_ENCODER}",
+             "--set", "arch=unet", "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2",
+             "--storage-path", str(root / "results"), "--name", "own", "--seed", "0"]
+    with shared_ray.joined() as join:
+        proc = run_cli(*flags, *join.flags, env=join.env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "results" / "own", proc
+
+
+def test_the_plan_names_the_layout_the_classes_and_the_encoding(sweep):
+    _, proc = sweep
+    out = proc.stdout
+    assert "images + masks layout at 64px: train 12, val 4, test 4 (splits/*.txt)" in out
+    assert "classes (3, share of the training pixels): background " in out and ", toy " in out
+    assert "masks: palette masks, 255 = ignore" in out
+
+
+def test_trials_csv_and_tensorboard_hold_each_class_iou(sweep):
+    experiment, _ = sweep
+    with open(experiment / "trials.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2
+    for row in rows:
+        per_class = [float(row[f"val/iou/{c}"]) for c in CLASSES if row[f"val/iou/{c}"] != ""]
+        assert 0 <= float(row["val/acc"]) <= 1 and per_class
+        # val/iou is the mean of the classes scored, at the trial's best epoch
+        assert float(row["best_val/iou"]) == pytest.approx(sum(per_class) / len(per_class), abs=1e-5)
+    events = EventAccumulator(str(experiment / rows[0]["name"]), size_guidance={"scalars": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"val/iou", "val/acc", *(f"val/iou/{c}" for c in CLASSES)} <= tags
+    assert [e.step for e in events.Scalars("val/iou/toy")] == [1, 2]
+
+
+def test_the_final_test_and_the_report_give_each_class(sweep):
+    experiment, proc = sweep
+    test = json.loads((experiment / "test_metrics.json").read_text())
+    assert set(test["per_class_iou"]) == set(CLASSES) and 0 <= test["test/acc"] <= 1
+    scored = [v for v in test["per_class_iou"].values() if v is not None]
+    assert test["test/iou"] == pytest.approx(sum(scored) / len(scored), abs=1e-5)
+    assert "mean IoU" in proc.stdout and "IoU by class: background" in proc.stdout
+    report = (experiment / "report.md").read_text()
+    assert "## IoU by class" in report and "| toy |" in report
+    assert "each class in its colour (the legend under the picture)" in report
+    best = json.loads((experiment / "summary.json").read_text())["best_config"]
+    assert best["classes"] == list(CLASSES)  # best_config.yaml reproduces on the same folder
+    assert (REPO / "search_spaces" / "own_data.yaml").is_file()
