@@ -273,7 +273,7 @@ def test_decoded_cache_rebuilt_when_an_image_changes(tiny_config, pets_copy, pri
     second.check()
     after = _cache_state(private_cache)
     new = sorted(set(after) - set(before))
-    assert len(new) == 3 and all(n.startswith("trainval-") for n in new)  # .json + .images.npy + .trimaps.npy
+    assert len(new) == 3 and all(n.startswith("trainval-") for n in new)  # .json + .images.npy + .labels.npy
     assert {k: after[k] for k in before} == before  # the test split's entry is reused untouched
     assert len(calls) == 12  # the trainval split decoded again, the test split not
 

@@ -6,14 +6,14 @@ the final test) goes through ``check_dataset``, so both kinds reach the model as
   generic layout's: its train split then its val split, ``DecodedSplit.n_train`` apart);
 - ``test``: the test split (a generic layout without one: its val split, said in the plan).
 
-A generic layout's labels are mapped to class indices once, here (``DecodedSplit.labels_are_classes``). No torch.
+A generic layout's splits carry the table from its stored values to its classes (``DecodedSplit.lut``), applied
+per batch. Both kinds are memory-mapped from the decoded cache on this machine's disk (segcore.data.decoded). No
+torch.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import numpy as np
 
 from segcore.data.decoded import DecodedSplit
 from segcore.data.summary import DataSummary
@@ -53,10 +53,6 @@ def find_dataset(data_dir: str | os.PathLike) -> Path:
                         "img_dir/ + ann_dir/ (a folder of your own: README, 'Your own data')") from None
 
 
-def mapped(split: DecodedSplit, lut: np.ndarray, n_train=None) -> DecodedSplit:
-    return DecodedSplit(split.names, split.images, lut[split.labels], labels_are_classes=True, n_train=n_train)
-
-
 def check_dataset(data_dir: str | os.PathLike, image_size: int, val_fraction: float, test_fraction: float, seed: int,
                   decoded: dict[str, DecodedSplit], splits: tuple[str, ...] = SPLIT_FILES) -> DataSummary:
     """Read, check and decode every split of ``splits`` not yet in ``decoded`` (added to it): all problems in one
@@ -70,16 +66,13 @@ def check_dataset(data_dir: str | os.PathLike, image_size: int, val_fraction: fl
         return check_splits(data_dir, image_size, val_fraction, seed, decoded, splits)
     from segcore.data.generic import check_generic
 
-    wanted = ("train", "val", "test")  # val too for the test split: a layout without one tests on val
-    data = check_generic(layout, image_size, wanted)
+    data = check_generic(layout, image_size)
     train, val = data.decoded["train"], data.decoded["val"]
     test = data.decoded.get("test")
     if "trainval" in splits and "trainval" not in decoded:
-        joined = DecodedSplit(train.names + val.names, np.concatenate([train.images, val.images]),
-                              np.concatenate([train.labels, val.labels]))
-        decoded["trainval"] = mapped(joined, data.lut, n_train=len(train))
+        decoded["trainval"] = data.decoded["trainval"]
     if "test" in splits and "test" not in decoded:
-        decoded["test"] = mapped(test if test is not None else val, data.lut)
+        decoded["test"] = test if test is not None else val
     return DataSummary(layout.root, len(train), len(val), len(test) if test is not None else len(val),
                        layout=layout.kind, split_source=layout.split_source, classes=data.class_names,
                        encoding=data.encoding, train_shares=data.train_shares, warnings=data.warnings,

@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 from filelock import FileLock
@@ -29,17 +29,18 @@ log = logging.getLogger(__name__)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error to report, not an image to half-read
 VALID_TRIMAP_VALUES = (1, 2, 3)
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: any layout's files, labels.npy, each item's facts
 
 
 @dataclass
 class DecodedSplit:
     names: list[str]
     images: np.ndarray  # (N, 3, S, S) uint8: channels first, as the model takes them (no per-item transpose)
-    labels: np.ndarray  # (N, S, S) uint8: Pets' trimap values 1 / 2 / 3 (a table by ``border`` maps them to the
-    #                     classes trained on), or, with ``labels_are_classes``, the class indices themselves (255:
-    #                     ignore), as a generic layout's check leaves them (segcore.data.generic)
-    labels_are_classes: bool = False
+    labels: np.ndarray  # (N, S, S) uint8, the masks' values as stored (resized with nearest neighbour)
+    # stored value -> class trained on (256 entries, 255: ignore), a generic layout's (segcore.data.generic); None:
+    # Pets' trimap 1 / 2 / 3, mapped by the config's ``border``. Applied per batch: the cache stays as decoded, and
+    # one decoding serves every mapping
+    lut: Optional[np.ndarray] = None
     # a train + val split whose first ``n_train`` rows are the layout's training split and the rest its validation
     # split; None: one list (Pets' trainval) that ``val_fraction`` and the seed divide
     n_train: Optional[int] = None
@@ -106,19 +107,29 @@ def decode_item(image_file: Path, trimap_file: Path, size: int) -> tuple[np.ndar
     return np.asarray(image, dtype=np.uint8), np.asarray(trimap_img, dtype=np.uint8)
 
 
-def _fingerprint(root: Path, split: str, names: list[str], size: int) -> str:
-    h = hashlib.sha256(f"v{CACHE_VERSION}|{root.resolve()}|{split}|{size}".encode())
-    for name in names:
-        for path in (root / "images" / f"{name}.jpg", root / "annotations" / "trimaps" / f"{name}.png"):
+# (image file, label file, size) -> (image (3, S, S) uint8, labels (S, S) uint8, facts about the item worth keeping
+# with the cache, as JSON: a generic layout's values and encoding, checked again from the cache without the files)
+DecodeOne = Callable[[Path, Path, int], tuple[np.ndarray, np.ndarray, Any]]
+
+
+def decode_pets_item(image_file: Path, trimap_file: Path, size: int) -> tuple[np.ndarray, np.ndarray, None]:
+    image, trimap = decode_item(image_file, trimap_file, size)
+    return image.transpose(2, 0, 1), trimap, None
+
+
+def _fingerprint(key: str, files: list[tuple[Path, Path]], size: int) -> str:
+    h = hashlib.sha256(f"v{CACHE_VERSION}|{key}|{size}".encode())
+    for pair in files:
+        for path in pair:
             try:
                 st = path.stat()
-                h.update(f"{name}|{st.st_size}|{st.st_mtime_ns}".encode())
+                h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
             except FileNotFoundError:
-                h.update(f"{name}|missing".encode())
+                h.update(f"{path}|missing".encode())
     return h.hexdigest()[:20]
 
 
-def _load_cached(base: Path, names: list[str]) -> Optional[DecodedSplit]:
+def _load_cached(base: Path, names: list[str]) -> Optional[tuple[DecodedSplit, list[Any]]]:
     meta_file = base.with_suffix(".json")
     if not meta_file.is_file():
         return None
@@ -127,35 +138,38 @@ def _load_cached(base: Path, names: list[str]) -> Optional[DecodedSplit]:
         if meta.get("names") != names:
             return None
         images = np.load(str(base) + ".images.npy", mmap_mode="r")
-        trimaps = np.load(str(base) + ".trimaps.npy", mmap_mode="r")
+        labels = np.load(str(base) + ".labels.npy", mmap_mode="r")
     except (OSError, ValueError):
         return None
-    return DecodedSplit(names, images, trimaps)
+    return DecodedSplit(names, images, labels), meta.get("facts") or [None] * len(names)
 
 
-def decode_split(root: Path, split: str, names: list[str], size: int,
-                 num_threads: Optional[int] = None) -> tuple[Optional[DecodedSplit], list[str]]:
-    """The decoded split (from the cache, or decoded now and cached) and the problems found while decoding."""
+def decode_files(key: str, split: str, names: list[str], files: list[tuple[Path, Path]], size: int,
+                 decode_one: DecodeOne = decode_pets_item, num_threads: Optional[int] = None
+                 ) -> tuple[Optional[DecodedSplit], list[str], list[Any]]:
+    """The split of ``names`` (``files``: each one's image and label file) decoded by ``decode_one`` at ``size``:
+    from the cache (memory-mapped), or decoded now on every core and cached. Returns the split (None when a file
+    failed), the problems found, and what ``decode_one`` said of each item. ``key`` names the dataset and how it is
+    decoded (two different decodings of the same files must not share an entry)."""
     directory = cache_dir()
     directory.mkdir(parents=True, exist_ok=True)
-    base = directory / f"{split}-{size}px-{_fingerprint(root, split, names, size)}"
+    base = directory / f"{split}-{size}px-{_fingerprint(key, files, size)}"
     cached = _load_cached(base, names)
     if cached is not None:
-        return cached, []
+        return cached[0], [], cached[1]
     with FileLock(str(base) + ".lock"):
         cached = _load_cached(base, names)  # another process may have built it while we waited
         if cached is not None:
-            return cached, []
+            return cached[0], [], cached[1]
         started = time.perf_counter()
         images = np.empty((len(names), 3, size, size), dtype=np.uint8)
-        trimaps = np.empty((len(names), size, size), dtype=np.uint8)
+        labels = np.empty((len(names), size, size), dtype=np.uint8)
+        facts: list[Any] = [None] * len(names)
         problems: list[str] = []
 
         def work(i: int) -> None:
             try:
-                image, trimaps[i] = decode_item(root / "images" / f"{names[i]}.jpg",
-                                                root / "annotations" / "trimaps" / f"{names[i]}.png", size)
-                images[i] = image.transpose(2, 0, 1)
+                images[i], labels[i], facts[i] = decode_one(files[i][0], files[i][1], size)
             except ValueError as err:
                 problems.append(str(err))
 
@@ -163,13 +177,13 @@ def decode_split(root: Path, split: str, names: list[str], size: int,
         with ThreadPoolExecutor(max_workers=max(1, num_threads or available_cores())) as pool:
             list(pool.map(work, range(len(names))))
         if problems:
-            return None, sorted(problems)
-        for suffix, array in ((".images.npy", images), (".trimaps.npy", trimaps)):
+            return None, sorted(problems), facts
+        for suffix, array in ((".images.npy", images), (".labels.npy", labels)):
             tmp = str(base) + suffix + ".tmp"
             with open(tmp, "wb") as f:
                 np.save(f, array)
             os.replace(tmp, str(base) + suffix)
-        meta = {"root": str(root.resolve()), "split": split, "size": size, "names": names}
+        meta = {"key": key, "split": split, "size": size, "names": names, "facts": facts}
         tmp_meta = base.with_suffix(".json.tmp")
         tmp_meta.write_text(json.dumps(meta))
         os.replace(tmp_meta, base.with_suffix(".json"))  # written last: its presence means the arrays are complete
@@ -177,4 +191,13 @@ def decode_split(root: Path, split: str, names: list[str], size: int,
                  time.perf_counter() - started, directory)
     loaded = _load_cached(base, names)
     assert loaded is not None
-    return loaded, []
+    return loaded[0], [], loaded[1]
+
+
+def decode_split(root: Path, split: str, names: list[str], size: int,
+                 num_threads: Optional[int] = None) -> tuple[Optional[DecodedSplit], list[str]]:
+    """An Oxford-IIIT Pet split decoded (from the cache, or now and cached) and the problems found while decoding."""
+    files = [(root / "images" / f"{n}.jpg", root / "annotations" / "trimaps" / f"{n}.png") for n in names]
+    decoded, problems, _ = decode_files(f"pets|{root.resolve()}|{split}", split, names, files, size,
+                                        decode_pets_item, num_threads)
+    return decoded, problems

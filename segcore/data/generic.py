@@ -16,15 +16,16 @@ decoded once whatever the mapping.
 """
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Optional
+from dataclasses import dataclass, field, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 from PIL import Image
 
-from segcore.data.decoded import DecodedSplit, available_cores, load_image
-from segcore.data.layouts import SPLITS, Classes, Layout, Pair
+from segcore.data.decoded import DecodedSplit, decode_files, load_image
+from segcore.data.layouts import SPLITS, Classes, Layout
 
 IGNORE = 255
 MAX_PROBLEMS_LISTED = 50
@@ -83,42 +84,30 @@ def _values_shown(values: np.ndarray) -> str:
     return str(shown) + (f" (and {len(values) - 5} more)" if len(values) > 5 else "")
 
 
-def decode_pair(pair: Pair, size: int, colours) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
-    """(image (3, S, S), stored labels (S, S), the values the full-size mask holds, its encoding)."""
+def decode_mask_pair(image_file: Path, mask_file: Path, size: int, colours=None
+                     ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """(image (3, S, S), stored labels (S, S), facts: the values the full-size mask holds and its encoding), kept
+    with the decoded cache so that a folder decoded before is checked again without reading its files."""
     try:
-        image = load_image(pair.image)
+        image = load_image(image_file)
     except (OSError, SyntaxError, ValueError) as err:
-        raise ValueError(f"{pair.image}: cannot be decoded as an image ({err})") from None
+        raise ValueError(f"{image_file}: cannot be decoded as an image ({err})") from None
     try:
-        labels, encoding = read_mask(pair.mask, colours)
+        labels, encoding = read_mask(mask_file, colours)
     except (OSError, SyntaxError) as err:
-        raise ValueError(f"{pair.mask}: cannot be decoded as a mask ({err})") from None
+        raise ValueError(f"{mask_file}: cannot be decoded as a mask ({err})") from None
     if labels.shape != (image.height, image.width):
-        raise ValueError(f"{pair.mask}: mask size {labels.shape[1]}x{labels.shape[0]} differs from its image's "
+        raise ValueError(f"{mask_file}: mask size {labels.shape[1]}x{labels.shape[0]} differs from its image's "
                          f"{image.width}x{image.height}")
     image_arr = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8).transpose(2, 0, 1)
     labels_small = np.asarray(Image.fromarray(labels).resize((size, size), Image.NEAREST), dtype=np.uint8)
-    return image_arr, labels_small, np.unique(labels), encoding
+    return image_arr, labels_small, {"values": np.unique(labels).tolist(), "encoding": encoding}
 
 
-def decode_pairs(pairs: list[Pair], size: int, colours, problems: list[str]):
-    """Every pair decoded on all cores; (DecodedSplit, values per pair, encodings seen), problems appended."""
-    images = np.empty((len(pairs), 3, size, size), dtype=np.uint8)
-    labels = np.empty((len(pairs), size, size), dtype=np.uint8)
-    values: list[Optional[np.ndarray]] = [None] * len(pairs)
-    encodings: set[str] = set()
-
-    def work(i: int) -> None:
-        try:
-            images[i], labels[i], values[i], encoding = decode_pair(pairs[i], size, colours)
-            encodings.add(encoding)
-        except ValueError as err:
-            problems.append(str(err))
-
-    # PIL releases the GIL while decoding and resizing: threads scale
-    with ThreadPoolExecutor(max_workers=available_cores()) as pool:
-        list(pool.map(work, range(len(pairs))))
-    return DecodedSplit([p.stem for p in pairs], images, labels), values, encodings
+def rows(split: DecodedSplit, start: int, stop: int) -> DecodedSplit:
+    """Rows ``start:stop`` of ``split``: views (of its memory maps), no copy."""
+    return replace(split, names=split.names[start:stop], images=split.images[start:stop],
+                   labels=split.labels[start:stop], n_train=None)
 
 
 def class_table(all_values: set[int], classes: Optional[Classes], encodings: set[str]
@@ -141,20 +130,39 @@ def class_table(all_values: set[int], classes: Optional[Classes], encodings: set
 
 def check_generic(layout: Layout, size: int, splits: tuple[str, ...] = SPLITS) -> GenericData:
     """Read, check and decode ``splits`` of ``layout``: every problem in one list (``problems`` of the result's
-    layout, the layout's own first), warnings for classes with no pixels in a split."""
+    layout, the layout's own first), warnings for classes with no pixels in a split.
+
+    Train and val decode into one cached split (``trainval``, ``n_train`` apart; ``decoded["train"]`` and
+    ``["val"]`` are views of it), the test split into another: memory-mapped from the cache on this machine's disk,
+    decoded once per machine (segcore.data.decoded)."""
     from segcore.errors import UserError
 
     problems = list(layout.problems)
     colours = layout.classes.colours if layout.classes else None
-    decoded, values_by_split, encodings = {}, {}, set()
-    for split in splits:
-        pairs = layout.splits.get(split, [])
+    key = f"generic|{layout.root.resolve()}|colours {colours}"  # colour masks decode by their colours
+    decoded: dict[str, DecodedSplit] = {}
+    facts_by_split: dict[str, list[Optional[dict]]] = {}
+    for unit, members in (("trainval", ("train", "val")), ("test", ("test",))):
+        members = tuple(s for s in members if s in splits and layout.splits.get(s))
+        pairs = [p for s in members for p in layout.splits[s]]
         if not pairs:
             continue
-        split_problems: list[str] = []
-        decoded[split], values_by_split[split], seen = decode_pairs(pairs, size, colours, split_problems)
-        problems += sorted(split_problems)
-        encodings |= seen
+        split, unit_problems, facts = decode_files(key, unit, [p.stem for p in pairs],
+                                                   [(p.image, p.mask) for p in pairs], size,
+                                                   partial(decode_mask_pair, colours=colours))
+        problems += unit_problems
+        start = 0
+        for member in members:
+            stop = start + len(layout.splits[member])
+            facts_by_split[member] = facts[start:stop]
+            if split is not None:
+                decoded[member] = rows(split, start, stop)
+            start = stop
+        if split is not None and unit == "trainval":
+            decoded[unit] = replace(split, n_train=len(layout.splits.get("train", [])))
+    values_by_split = {s: [None if f is None else np.asarray(f["values"]) for f in facts]
+                       for s, facts in facts_by_split.items()}
+    encodings = {f["encoding"] for facts in facts_by_split.values() for f in facts if f is not None}
     all_values = {int(v) for values in values_by_split.values() for vs in values if vs is not None for v in vs}
     names, encoding, lut = class_table(all_values, layout.classes, encodings)
     if len(names) < 2 and not problems:
@@ -174,11 +182,13 @@ def check_generic(layout: Layout, size: int, splits: tuple[str, ...] = SPLITS) -
         raise UserError(f"dataset {layout.root}: {len(problems)} problem(s) found"
                         + (f" (first {len(shown)} listed)" if more else "") + ":", shown)
     warnings, train_shares = [], [0.0] * len(names)
-    for split, data in decoded.items():
-        counts = np.bincount(lut[data.labels].ravel(), minlength=256)[:len(names)]
+    for split in (s for s in SPLITS if s in decoded):
+        stored = np.bincount(decoded[split].labels.ravel(), minlength=256)  # a view of the cache: no copy
+        counts = np.bincount(lut, weights=stored, minlength=256)[:len(names)]  # by class
         if split == "train" and counts.sum():
             train_shares = (counts / counts.sum()).tolist()
         absent = [names[i] for i in range(len(names)) if counts[i] == 0]
         if absent:
             warnings.append(f"warning: no pixel of class {', '.join(absent)} in the {split} split")
+    decoded = {name: replace(split, lut=lut) for name, split in decoded.items()}
     return GenericData(layout, decoded, names, encoding, lut, train_shares, warnings)

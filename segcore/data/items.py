@@ -34,13 +34,14 @@ class PetsSegmentation(Dataset):
     def __init__(self, decoded: DecodedSplit, indices: np.ndarray, border: str = "pet", augment: bool = False):
         self.decoded = decoded
         self.indices = np.asarray(indices)
-        self.lut = None if decoded.labels_are_classes else trimap_lut(border)
+        self.lut = decoded.lut if decoded.lut is not None else trimap_lut(border)
+        self.trimaps = decoded.lut is None
         self.augment = augment
 
     def masks(self, rows: np.ndarray) -> np.ndarray:
         """The masks (len(rows), 1, S, S) of these rows of the decoded split: a copy, the cache stays read-only."""
         labels = self.decoded.labels[rows]  # fancy indexing copies
-        return (labels if self.lut is None else trimaps_to_masks(labels, self.lut))[:, None]
+        return (trimaps_to_masks(labels, self.lut) if self.trimaps else self.lut[labels])[:, None]
 
     def __len__(self) -> int:
         return len(self.indices)
