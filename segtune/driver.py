@@ -201,6 +201,10 @@ def connect(job: Prepared, interrupts: Interrupts) -> Optional[cluster.Cluster]:
     if len(ray_cluster.hosts) > 1 and not job.storage.is_uri:
         cluster.check_storage_shared(job.storage.local.parent, ray_cluster.node_ids,
                                       ray_cluster.node_addresses)
+    if job.assets.decoded:  # how the decoded data reaches the trials, now that the object store's size is known
+        from segtune.assets import choose_data_path
+
+        job.notes.append(choose_data_path(job.assets))
     return ray_cluster
 
 
@@ -329,8 +333,11 @@ def final_test(results, job: Prepared, summary: dict[str, Any]) -> dict[str, Any
 
     print("final test: the best checkpoint on the test split ...", flush=True)
     s = job.settings
-    metrics = run_final_test(best_checkpoint(best_trial(results)), job.tests, int(summary["best_config"]["image_size"]),
-                             s.cpus_per_trial, s.gpus_per_trial, job.storage.local, summary.get("best_trial_id"))
+    size = int(summary["best_config"]["image_size"])
+    # the test split as the trials got their data: through the object store, or from the node's own cache
+    test = job.assets.recipe if job.assets.node_cache else job.tests[size]
+    metrics = run_final_test(best_checkpoint(best_trial(results)), test, size, s.cpus_per_trial, s.gpus_per_trial,
+                             job.storage.local, summary.get("best_trial_id"))
     write_summary({**summary, "final_test": metrics}, job.storage.local)  # again, with the final test's figures
     return metrics
 

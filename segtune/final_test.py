@@ -13,6 +13,7 @@ from typing import Any
 
 from segcore.data.decoded import DecodedSplit
 from segcore.metrics_names import class_metric, eval_metrics, stage_metric
+from segtune.assets import DataRecipe
 from segtune.results import checkpoint_location
 from segtune.storage import CHECKPOINT_FILE, TEST_METRICS_FILE, write_text_atomic
 
@@ -43,18 +44,21 @@ def finite_or_none(value: float):
     return value if math.isfinite(value) else None  # JSON has no NaN
 
 
-def run_final_test(checkpoint, tests: dict[int, DecodedSplit], image_size: int, cpus: float, gpus: float,
+def run_final_test(checkpoint, test: DecodedSplit | DataRecipe, image_size: int, cpus: float, gpus: float,
                    experiment_dir: Path, trial_id: str) -> dict[str, Any]:
-    """Evaluate ``checkpoint`` (a ray.tune.Checkpoint) in a Ray task with ``cpus`` / ``gpus``; writes and returns
-    test_metrics.json's content."""
+    """Evaluate ``checkpoint`` (a ray.tune.Checkpoint) in a Ray task with ``cpus`` / ``gpus`` on ``test``: the
+    split at ``image_size`` (sent through the object store), or where to load it on the task's node (the node-cache
+    path: segtune.assets); writes and returns test_metrics.json's content."""
     import ray
 
     @ray.remote(num_cpus=cpus, num_gpus=gpus)
     def task(checkpoint, test_ref: list) -> dict[str, Any]:
+        source = ray.get(test_ref[0])
+        split = source.load(image_size, "test") if isinstance(source, DataRecipe) else source
         with checkpoint.as_directory() as folder:  # a local path, or downloaded from a URI
-            return evaluate(os.path.join(folder, CHECKPOINT_FILE), ray.get(test_ref[0]))
+            return evaluate(os.path.join(folder, CHECKPOINT_FILE), split)
 
-    metrics = ray.get(task.remote(checkpoint, [ray.put(tests[image_size])]))
+    metrics = ray.get(task.remote(checkpoint, [ray.put(test)]))
     metrics = {"checkpoint": checkpoint_location(checkpoint, CHECKPOINT_FILE), "trial_id": trial_id, **metrics}
     write_text_atomic(experiment_dir / TEST_METRICS_FILE, json.dumps(metrics, indent=2))
     return metrics

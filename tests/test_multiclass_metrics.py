@@ -49,3 +49,42 @@ def test_a_value_that_is_no_class_is_refused():
         m.update(torch.zeros(1, 3, 2, 2), torch.tensor([[[0, 7], [1, 255]]]))
     with pytest.raises(ValueError, match="at least 2 classes"):
         MultiClassSegMetrics(1)
+
+
+def _ddp_rank(rank: int, world: int, port: int, logits, target, out) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        m = MultiClassSegMetrics(3)
+        m.update(logits[rank::world], target[rank::world])  # each rank its share of the split, as DDP samples
+        values = m.compute()  # torchmetrics sums the confusion matrices of the ranks first
+        out[rank] = {k: v.tolist() for k, v in values.items()}
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two processes importing torch: seconds
+def test_ddp_ranks_sum_their_confusion_matrices_into_the_whole_splits_mean_iou():
+    """A DDP trial of many classes: each rank sees its share of the validation split, and the epoch's figures are
+    those of the whole split (two real processes over gloo on 127.0.0.1)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    torch.manual_seed(0)
+    target = torch.randint(0, 3, (6, 1, 8, 8))
+    target[0, 0, :2] = 255
+    logits = torch.randn(6, 3, 8, 8)
+    whole = MultiClassSegMetrics(3)
+    whole.update(logits, target)
+    expected = {k: v.tolist() for k, v in whole.compute().items()}
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = mp.Manager().dict()
+    mp.spawn(_ddp_rank, args=(2, port, logits, target, out), nprocs=2, join=True)
+    for rank in (0, 1):
+        assert out[rank]["iou"] == pytest.approx(expected["iou"])
+        assert out[rank]["per_class_iou"] == pytest.approx(expected["per_class_iou"])
+        assert out[rank]["acc"] == pytest.approx(expected["acc"])

@@ -79,7 +79,7 @@ def test_per_split_layouts_keep_their_own_train_and_val(tmp_path, layout):
     summary = check_dataset(root, SIZE, 0.1, 0.2, 0, decoded)
     assert (summary.train, summary.val, summary.test) == (4, 1, 1)
     assert decoded["trainval"].n_train == 4 and decoded["trainval"].names[4] == "im4"
-    assert decoded["test"].names == ["im5"] and decoded["test"].labels_are_classes
+    assert decoded["test"].names == ["im5"] and decoded["test"].lut is not None
 
 
 def test_a_folder_without_test_split_tests_on_val_and_says_so(tmp_path):
@@ -195,3 +195,53 @@ def test_the_generated_folder_stand_in_has_three_classes_and_is_deterministic(tm
             assert img.mode == "P" and set(np.unique(np.asarray(img)).tolist()) == {0, 1, 2, IGNORE}
     with pytest.raises(UserError, match="not an empty folder"):
         generate_folder(a, num=6)
+
+
+def test_a_folder_decoded_before_is_checked_from_its_cache(tmp_path, monkeypatch):
+    """The values each mask held travel with the decoded cache: a second check reads no mask, and still finds the
+    same classes (and would find the same problems)."""
+    import segcore.data.generic as generic
+
+    write_dataset(tmp_path, palette_png, ignore_band=True)
+    first: dict = {}
+    summary = check_dataset(tmp_path, SIZE, 0.1, 0.2, 0, first)
+    calls = []
+    monkeypatch.setattr(generic, "read_mask", lambda *a: calls.append(a) or pytest.fail("a mask read again"))
+    again: dict = {}
+    assert check_dataset(tmp_path, SIZE, 0.1, 0.2, 0, again).classes == summary.classes and not calls
+    assert isinstance(again["trainval"].images, np.memmap)  # mapped from the cache, not decoded into memory
+    assert np.array_equal(again["trainval"].labels, first["trainval"].labels)
+
+
+def test_the_node_cache_path_gives_the_batches_of_the_object_store_path(tmp_path, monkeypatch):
+    """Issue #35, data larger than the object store: with a budget too small for the decoded data, trials load it
+    on their node (memory-mapped from its cache) instead of receiving it; the batches are the same."""
+    import torch
+
+    from segtune.assets import BUDGET_ENV, build_assets, choose_data_path
+
+    write_dataset(tmp_path, palette_png, n=8, ignore_band=True)
+    cfg = config_for(tmp_path, batch_size=1)
+    paths = {}
+    for budget in ("1000", "0.001"):  # MB: the object store, then the node cache
+        monkeypatch.setenv(BUDGET_ENV, budget)
+        assets, _, _, classes = build_assets([cfg])
+        line = choose_data_path(assets)
+        paths[budget] = (assets, line)
+    (store, store_line), (node, node_line) = paths["1000"], paths["0.001"]
+    assert store_line.startswith("data path: object store") and not store.node_cache
+    assert node_line.startswith("data path: node cache") and f"{BUDGET_ENV}=0.001" in node_line
+    assert node.decoded == {} and node.recipe.data_dir == str(tmp_path)
+    import pickle
+
+    assert len(pickle.dumps(node)) < 2000 < len(pickle.dumps(store))  # nothing of the data travels
+    trial_cfg = cfg.replace(classes=classes)
+    batches = {}
+    for name, assets in (("store", store), ("node", node)):
+        datamodule = PetsDataModule(trial_cfg, decoded=assets.data_for(trial_cfg))
+        datamodule.setup("fit")
+        torch.manual_seed(0)
+        batches[name] = [b for loader in (datamodule.train_dataloader(), datamodule.val_dataloader()) for b in loader]
+    assert len(batches["store"]) == len(batches["node"]) > 2
+    for a, b in zip(batches["store"], batches["node"], strict=True):
+        assert torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])

@@ -1,6 +1,8 @@
 """A sweep on a folder of one's own with three classes (issue #35), through the real CLI on the session's shared
 Ray: the generated stand-in (``--synthetic --synthetic-layout folder``), its mean IoU as ``val/iou``, each class's
-IoU and the pixel accuracy read back from trials.csv, TensorBoard's event files, test_metrics.json and the report."""
+IoU and the pixel accuracy read back from trials.csv, TensorBoard's event files, test_metrics.json and the report.
+Its data budget is forced below the decoded data's size: trials and the final test load the data on their node,
+memory-mapped from its cache (segtune.assets' node-cache path; the Pets sweeps take the object store path)."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +12,7 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import REPO, SMALL_ENCODER, run_cli
+from segtune.assets import BUDGET_ENV
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_own_data_sweep")]
 CLASSES = ("background", "pet", "toy")
@@ -23,7 +26,7 @@ def sweep(tmp_path_factory, shared_ray):
              "--set", "arch=unet", "--num-samples", "2", "--max-epochs", "2", "--grace-period", "2",
              "--storage-path", str(root / "results"), "--name", "own", "--seed", "0"]
     with shared_ray.joined() as join:
-        proc = run_cli(*flags, *join.flags, env=join.env, timeout=600)
+        proc = run_cli(*flags, *join.flags, env={**join.env, BUDGET_ENV: "0.05"}, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "results" / "own", proc
 
@@ -34,6 +37,7 @@ def test_the_plan_names_the_layout_the_classes_and_the_encoding(sweep):
     assert "images + masks layout at 64px: train 12, val 4, test 4 (splits/*.txt)" in out
     assert "classes (3, share of the training pixels): background " in out and ", toy " in out
     assert "masks: palette masks, 255 = ignore" in out
+    assert "data path: node cache (0.25 MB decoded, more than 0.05 MB: " + f"{BUDGET_ENV}=0.05)" in out
 
 
 def test_trials_csv_and_tensorboard_hold_each_class_iou(sweep):
@@ -50,6 +54,13 @@ def test_trials_csv_and_tensorboard_hold_each_class_iou(sweep):
     tags = set(events.Tags()["scalars"])
     assert {"val/iou", "val/acc", *(f"val/iou/{c}" for c in CLASSES)} <= tags
     assert [e.step for e in events.Scalars("val/iou/toy")] == [1, 2]
+    # HParams compares trials by each class's IoU too
+    from test_sweep import hparams_data
+
+    root = EventAccumulator(str(experiment))
+    root.Reload()
+    metrics = [m.name.tag for m in hparams_data(root, "_hparams_/experiment").experiment.metric_infos]
+    assert metrics[-4:] == ["val/acc", *(f"val/iou/{c}" for c in CLASSES)]
 
 
 def test_the_final_test_and_the_report_give_each_class(sweep):

@@ -83,7 +83,7 @@ def test_set_overrides_fix_a_key_for_all_trials():
 
 
 def test_unknown_space_name_lists_the_named_spaces():
-    with pytest.raises(UserError, match="default, demo, smoke"):
+    with pytest.raises(UserError, match="default, demo, own_data, smoke"):
         load_space("nonexistent")
 
 
