@@ -49,6 +49,26 @@ def test_device_batches_are_the_loaders_batches_and_leave_the_generator_where_th
         assert not all(torch.equal(a["image"], b["image"]) for a, b in zip(device[:2], device[len(device) // 3:]))
 
 
+def test_device_batches_of_a_folder_of_three_classes_are_the_loaders(tiny_config, tmp_path):
+    """A folder of one's own: its class table (255 kept as ignore) applied on the device path as on the loader's."""
+    from test_generic_data import palette_png, write_dataset
+
+    write_dataset(tmp_path, palette_png, n=6, ignore_band=True)
+    (tmp_path / "classes.txt").write_text("background\npet\ntoy\n")
+    cfg = dataclasses.replace(tiny_config, data_dir=str(tmp_path), image_size=32, batch_size=2,
+                              classes=["background", "pet", "toy"])
+    datamodule = PetsDataModule(cfg)
+    datamodule.setup("fit")
+    torch.manual_seed(3)
+    loader = batches_of(DataLoader(datamodule.train_set, batch_size=2, shuffle=True, collate_fn=collate), 2)
+    torch.manual_seed(3)
+    device = batches_of(DeviceBatches(datamodule.train_set, torch.device("cpu"), 2, True, False), 2)
+    assert len(device) == len(loader) == 4
+    for ours, theirs in zip(device, loader):
+        assert torch.equal(ours["image"], theirs["image"]) and torch.equal(ours["mask"], theirs["mask"])
+    assert set(torch.cat([b["mask"] for b in device]).unique().tolist()) == {0, 1, 2, 255}
+
+
 def fit_metrics(cfg, tmp_path) -> tuple[dict[str, float], object]:
     trainer = make_trainer(cfg, tmp_path, logger=False, checkpoint=False, enable_progress_bar=False,
                            enable_model_summary=False)

@@ -62,19 +62,28 @@ def test_every_mask_encoding_reaches_the_model_as_class_indices(tmp_path, encode
     assert (IGNORE in masks) == ignore_band
 
 
-@pytest.mark.parametrize("layout", ["mmseg", "split-folders"])
-def test_per_split_layouts_keep_their_own_train_and_val(tmp_path, layout):
-    flat = tmp_path / "flat"
-    write_dataset(flat, palette_png)
-    root = tmp_path / layout
-    for split, stems in (("train", range(4)), ("val", [4]), ("test", [5])):
+def per_split_layout(flat, root, layout: str):
+    """``flat`` (write_dataset's images/ + masks/ + splits/) laid out again as ``layout``: "mmseg" (img_dir/ +
+    ann_dir/) or "split-folders" ({train,val,test}/{images,masks}/); classes files copied along."""
+    for split in ("train", "val", "test"):
         images, masks = ((root / "img_dir" / split, root / "ann_dir" / split) if layout == "mmseg"
                          else (root / split / "images", root / split / "masks"))
         images.mkdir(parents=True)
         masks.mkdir(parents=True)
-        for i in stems:
-            shutil.copy(flat / "images" / f"im{i}.jpg", images)
-            shutil.copy(flat / "masks" / f"im{i}.png", masks)
+        for stem in (flat / "splits" / f"{split}.txt").read_text().split():
+            shutil.copy(flat / "images" / f"{stem}.jpg", images)
+            shutil.copy(next((flat / "masks").glob(f"{stem}.*")), masks)
+    for name in ("classes.txt", "classes.yaml"):
+        if (flat / name).is_file():
+            shutil.copy(flat / name, root)
+    return root
+
+
+@pytest.mark.parametrize("layout", ["mmseg", "split-folders"])
+def test_per_split_layouts_keep_their_own_train_and_val(tmp_path, layout):
+    flat = tmp_path / "flat"
+    write_dataset(flat, palette_png)
+    root = per_split_layout(flat, tmp_path / layout, layout)
     decoded: dict = {}
     summary = check_dataset(root, SIZE, 0.1, 0.2, 0, decoded)
     assert (summary.train, summary.val, summary.test) == (4, 1, 1)

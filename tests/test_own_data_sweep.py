@@ -76,3 +76,55 @@ def test_the_final_test_and_the_report_give_each_class(sweep):
     best = json.loads((experiment / "summary.json").read_text())["best_config"]
     assert best["classes"] == list(CLASSES)  # best_config.yaml reproduces on the same folder
     assert (REPO / "search_spaces" / "own_data.yaml").is_file()
+
+
+def test_best_config_reproduces_on_the_same_folder(sweep):
+    """best_config.yaml names the folder and its classes: segcore-train takes it as it is (its data check agrees)."""
+    from segcore.config import TrainConfig
+    from segcore.data.datamodule import PetsDataModule
+    from segcore.data.dataset import classes_for
+
+    cfg = TrainConfig.from_file(sweep[0] / "best_config.yaml")
+    summary = PetsDataModule(cfg).check()
+    assert classes_for(cfg.classes, summary, cfg.data_dir) == list(CLASSES) == cfg.class_names
+
+
+@pytest.mark.parametrize("layout, encode, classes", [
+    ("images-masks", "index_png", ["class_0", "class_1", "class_2"]),
+    ("mmseg", "rgb_png", ["bg", "red", "green"]),
+    ("split-folders", "binary_0_255", ["background", "foreground"]),
+], ids=["index-png", "mmseg-rgb-classes-yaml", "split-folders-0-255"])
+def test_each_layout_and_encoding_sweeps_and_reports_its_classes(tmp_path, shared_ray, layout, encode, classes):
+    """Beside the stand-in's palette masks with an ignore band (above): index PNGs named by their values, MMSeg's
+    folders with RGB masks and classes.yaml, per-split folders with 0/255 masks (binary: val/iou is the
+    foreground's, no per-class columns). One trial of one epoch each, read back from every output."""
+    import test_generic_data as masks_of
+    import test_own_data
+
+    flat = tmp_path / "flat"
+    encoder = getattr(masks_of, encode, None) or getattr(test_own_data, encode)
+    masks_of.write_dataset(flat, encoder, n=6, ignore_band=encode == "index_png")
+    if encode == "rgb_png":
+        (flat / "classes.yaml").write_text("bg: [0, 0, 0]\nred: [200, 30, 30]\ngreen: [30, 200, 30]\n")
+    data = flat if layout == "images-masks" else test_own_data.per_split_layout(flat, tmp_path / layout, layout)
+    flags = ["tune_main.py", "--data-dir", str(data), "--space", "own_data", "--set", f"encoder={SMALL_ENCODER}",
+             "--set", "arch=unet", "--set", "image_size=32", "--set", "batch_size=2", "--num-samples", "1",
+             "--max-epochs", "1", "--grace-period", "1", "--storage-path", str(tmp_path / "results"), "--name", "s"]
+    with shared_ray.joined() as join:
+        proc = run_cli(*flags, *join.flags, env=join.env, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    experiment = tmp_path / "results" / "s"
+    kind = {"images-masks": "images + masks", "mmseg": "mmseg", "split-folders": "split folders"}[layout]
+    assert f"{kind} layout at 32px: train 4, val 1, test 1" in proc.stdout
+    test = json.loads((experiment / "test_metrics.json").read_text())
+    with open(experiment / "trials.csv") as f:
+        row = next(csv.DictReader(f))
+    events = EventAccumulator(str(experiment / row["name"]), size_guidance={"scalars": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+    assert 0 <= test["test/iou"] <= 1 and "val/iou" in tags
+    if len(classes) == 2:
+        assert "masks: binary 0/255 (255 = foreground" in proc.stdout
+        assert "per_class_iou" not in test and "val/acc" not in row and "val/iou/foreground" not in tags
+        return
+    assert list(test["per_class_iou"]) == classes
+    assert {f"val/iou/{c}" for c in classes} | {"val/acc"} <= set(row) & tags
