@@ -48,6 +48,17 @@ def pets_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def folder_root(tmp_path_factory) -> Path:
+    """A 24-image generated folder of one's own with three classes (segcore.synthetic_folder: images/, palette masks
+    with an ignore band, classes.txt, splits/), read-only for tests."""
+    from segcore.synthetic_folder import generate_folder
+
+    root = tmp_path_factory.mktemp("folder") / "data"
+    generate_folder(root, num=24, seed=0, min_size=64, max_size=96)
+    return root
+
+
 @pytest.fixture
 def pets_copy(pets_root, tmp_path) -> Path:
     """A private copy of the generated dataset that a test may damage."""

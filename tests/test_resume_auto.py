@@ -1,8 +1,11 @@
 """`--resume auto`: one command that a scheduler can run again after any preemption. The same command starts the
 sweep, continues it after a kill (also one before anything was saved), and reports a finished sweep without running
-anything; a folder it cannot continue is refused with exit code 2."""
+anything; a folder it cannot continue is refused with exit code 2. The sweep here is on a folder of one's own with
+three classes (the kill / resume tests of test_reliability run on Oxford-IIIT Pet): its classes come back with the
+data on every resume."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -45,14 +48,14 @@ def killed(argv: list[str], log: Path, condition, timeout: float = 300) -> None:
         proc.wait()
 
 
-def test_one_command_starts_continues_and_reports_a_finished_sweep(pets_root, tmp_path, monkeypatch):
+def test_one_command_starts_continues_and_reports_a_finished_sweep(folder_root, tmp_path, monkeypatch):
     # Rows become visible with Tune's state saves (TUNE_GLOBAL_CHECKPOINT_S, 2 s in the driver), and this whole
     # sweep takes about 3 s once its first trial runs: saved every 2 s, its first rows could show only at its end (a
     # clean-clone CI run saw all of them at once and no work left for the "mid-sweep" kill). Every 0.5 s here.
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0.5")
     storage = tmp_path / "results"
     experiment = storage / "job"
-    argv = command(pets_root, storage)
+    argv = command(folder_root, storage)
 
     # 1. killed before anything was saved (as seen: 6 s after launch), the same command starts the sweep
     started = time.monotonic()
@@ -75,6 +78,9 @@ def test_one_command_starts_continues_and_reports_a_finished_sweep(pets_root, tm
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Sweep finished: 3 trials:" in proc.stdout and "unfinished" not in proc.stdout
     assert check_sweep(experiment, SAMPLES, [snapshot], EPOCHS, optuna_study=True) == []
+    test = json.loads((experiment / "test_metrics.json").read_text())
+    assert list(test["per_class_iou"]) == ["background", "pet", "toy"]  # the classes, after two kills
+    assert all("val/iou/toy" in row for rows in read_rows(experiment).values() for row in rows)
 
     # 4. run again after the end (a requeue that comes late): reported as finished, nothing run or rewritten
     kept = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in experiment.rglob("*") if p.is_file()}
