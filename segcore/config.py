@@ -24,6 +24,9 @@ LOSSES = ("bce", "dice", "focal", "jaccard", "dice+bce")
 # what Oxford-IIIT Pet's trimap border band (value 3) becomes: "class" trains the trimap's three classes
 BORDER_MODES = ("pet", "background", "ignore", "class")
 PETS_CLASSES = ("background", "pet")
+# the mask value of pixels neither trained on nor scored: a folder's 255, Pets' border band with border=ignore
+# (MMSegmentation's and torchvision's VOC convention)
+IGNORE_INDEX = 255
 PETS_TRIMAP_CLASSES = ("background", "pet", "border")  # border=class
 # "auto": bf16-mixed on GPUs that support bf16, 16-mixed on older GPUs, 32-true on the CPU (segcore.train)
 PRECISIONS = ("auto", "32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true")

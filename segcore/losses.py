@@ -9,7 +9,7 @@ import segmentation_models_pytorch as smp
 import torch
 from torch import nn
 
-IGNORE_INDEX = 255  # mask value of pixels left out of loss and metrics (trimap border with border=ignore)
+from segcore.config import IGNORE_INDEX  # noqa: F401  (the losses' ignore_index, named where it is defined)
 
 
 class SumOfLosses(nn.Module):

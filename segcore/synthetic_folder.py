@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from segcore.config import IGNORE_INDEX as IGNORE
 from segcore.errors import UserError
 from segcore.palette import flat_palette
 from segcore.synthetic import (
@@ -34,7 +35,6 @@ from segcore.synthetic import (
 )
 
 CLASSES = ("background", "pet", "toy")
-IGNORE = 255
 SPLIT_SHARES = (("train", 0.6), ("val", 0.2), ("test", 0.2))
 DEFAULT_NUM = 60
 DEFAULT_MIN_SIZE = 64

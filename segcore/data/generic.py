@@ -24,10 +24,11 @@ from typing import Any, Optional
 import numpy as np
 from PIL import Image
 
+from segcore.config import IGNORE_INDEX
 from segcore.data.decoded import DecodedSplit, decode_files, load_image
 from segcore.data.layouts import SPLITS, Classes, Layout
 
-IGNORE = 255
+IGNORE = IGNORE_INDEX
 MAX_PROBLEMS_LISTED = 50
 
 
