@@ -122,12 +122,14 @@ def test_sweep_on_two_nodes_uses_both_and_driver_weights(two_nodes, barrier, fak
         assert torch.equal(module.net.encoder.state_dict()[key], value), key
 
 
-def test_ddp_trials_report_world_size_and_are_stopped_cleanly(two_nodes, pets_root, tmp_path):
+def test_ddp_trials_report_world_size_and_are_stopped_cleanly(two_nodes, folder_root, tmp_path):
+    """On a folder of one's own with three classes: each rank its share of the data, the class IoUs of the whole
+    split reported (the Pets sweeps cover the rest)."""
     import ray
     from ray.util import placement_group_table
 
     storage = tmp_path / "results"
-    proc = run_cli("tune_main.py", "--address", two_nodes.address, "--data-dir", str(pets_root),
+    proc = run_cli("tune_main.py", "--address", two_nodes.address, "--data-dir", str(folder_root),
                    "--space", "smoke", "--set", "image_size=64", "--set", f"encoder={SMALL_ENCODER}",
                    "--num-samples", "3", "--max-epochs", "2", "--reduction-factor", "2", "--workers-per-trial", "2",
                    "--cpus-per-trial", "0.5", "--storage-path", str(storage), "--name", "ddp",
@@ -141,6 +143,7 @@ def test_ddp_trials_report_world_size_and_are_stopped_cleanly(two_nodes, pets_ro
     rows = read_trials(storage / "ddp")
     assert len(rows) == 3
     assert {r["world_size"] for r in rows} == {"2"}
+    assert all(0 <= float(r["val/iou/toy"]) <= 1 and 0 <= float(r["val/acc"]) <= 1 for r in rows)
     assert "stopped early" in [r["status"] for r in rows], [r["status"] for r in rows]
     # every trial after a stopped one got its workers: a leaked worker group would have starved it
     assert all(r["status"] in (*RAN_TO_END, "stopped early") for r in rows)
