@@ -336,8 +336,9 @@ def final_test(results, job: Prepared, summary: dict[str, Any]) -> dict[str, Any
     size = int(summary["best_config"]["image_size"])
     # the test split as the trials got their data: through the object store, or from the node's own cache
     test = job.assets.recipe if job.assets.node_cache else job.tests[size]
-    metrics = run_final_test(best_checkpoint(best_trial(results)), test, size, s.cpus_per_trial, s.gpus_per_trial,
-                             job.storage.local, summary.get("best_trial_id"))
+    checkpoint = best_checkpoint(best_trial(results, s.max_epochs))  # the summary's best trial
+    metrics = run_final_test(checkpoint, test, size, s.cpus_per_trial, s.gpus_per_trial, job.storage.local,
+                             summary.get("best_trial_id"))
     write_summary({**summary, "final_test": metrics}, job.storage.local)  # again, with the final test's figures
     return metrics
 

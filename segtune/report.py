@@ -27,7 +27,7 @@ from segcore.metrics_names import (
     stage_metric,
 )
 from segtune import naming
-from segtune.results import STATUSES, STOPPED, finite, status_from_last
+from segtune.results import MEANINGLESS, STATUSES, STOPPED, finite, status_from_last
 from segtune.settings import read_settings
 from segtune.storage import (
     BEST_CONFIG_FILE,
@@ -90,8 +90,10 @@ class Experiment:
                                                           default=0))
 
     def best(self) -> Optional[tuple[TrialRecord, dict[str, Any]]]:
-        """The trial and result row with the highest val/iou of any epoch."""
-        found = [(v, t, row) for t in self.trials for v, row in zip(t.values, t.rows) if v is not None]
+        """The trial and result row with the highest val/iou of any epoch, of a trial that neither diverged nor
+        collapsed (segtune.results.best_trial's rule)."""
+        found = [(v, t, row) for t in self.trials if t.status not in MEANINGLESS
+                 for v, row in zip(t.values, t.rows) if v is not None]
         if not found:
             return None
         _, trial, row = max(found, key=lambda x: x[0])

@@ -27,6 +27,9 @@ COMPLETED, STOPPED, DIVERGED, COLLAPSED = "completed", "stopped early", "diverge
 ERRORED, UNFINISHED = "errored", "unfinished"
 STATUSES = (COMPLETED, STOPPED, DIVERGED, COLLAPSED, ERRORED, UNFINISHED)
 FAILED = (DIVERGED, COLLAPSED, ERRORED)  # outcomes that are no result: Optuna is told FAIL
+# outcomes whose figures mean nothing, however high: never the sweep's best (an errored trial's epochs before its
+# error stand, as its checkpoint does)
+MEANINGLESS = (DIVERGED, COLLAPSED)
 
 # The rule for a trial whose numbers are finite but mean nothing, read from its last epoch:
 # - diverged: its val/loss exceeds EXPLODED_LOSS. Every loss here starts near 1 for an untrained model (Dice at most
@@ -187,11 +190,19 @@ def best_value(result) -> Optional[float]:
     return better((v for v in values if v is not None), default=None)
 
 
-def best_trial(result_grid):
+def best_trial(result_grid, max_epochs: Optional[int] = None):
     """The trial whose best epoch has the best ``val/iou`` over all epochs of all trials, or None. Read from the
     trials' result rows, as trials.csv is: not ``ResultGrid.get_best_result``, which reads Tune's analysis of each
-    trial, and after a kill and a resume that still holds the results of epochs that were lost and run again."""
-    scored = [(value, result) for result in result_grid if (value := best_value(result)) is not None]
+    trial, and after a kill and a resume that still holds the results of epochs that were lost and run again. With
+    ``max_epochs``, a diverged or collapsed trial is never the best (a loss gone to 1e7 can leave a finite val/iou)."""
+    def counts(result) -> bool:
+        if max_epochs is None:
+            return True
+        status = status_from_last(result.metrics or {}, max_epochs, errored=result.error is not None)
+        return status not in MEANINGLESS
+
+    scored = [(value, result) for result in result_grid
+              if counts(result) and (value := best_value(result)) is not None]
     return better(scored, key=lambda pair: pair[0], default=(None, None))[1]
 
 
@@ -241,7 +252,7 @@ def summarise(result_grid, searched_keys: list[str], base: dict[str, Any], max_e
     summary: dict[str, Any] = {"experiment": str(experiment_dir), "trials": len(rows), "counts": counts,
                                "metric": SWEEP_METRIC, "mode": SWEEP_MODE, "interrupted": interrupted,
                                "resume_command": resume_command}
-    best = best_trial(result_grid)
+    best = best_trial(result_grid, max_epochs)
     if best is not None:
         summary.update(write_best(best, base, experiment_dir))
     write_summary(summary, experiment_dir)

@@ -10,7 +10,7 @@ from ray import tune
 
 from segcore.metrics_names import DEVICE_SETUP, SWEEP_METRIC
 from segtune import interrupts, saved_state
-from segtune.results import STATUSES, status_from_last
+from segtune.results import MEANINGLESS, STATUSES, status_from_last
 
 
 class StopWhenSaved(tune.Callback):
@@ -64,7 +64,10 @@ class Progress(tune.Callback):
             elif trial.status in ("PENDING", "PAUSED"):
                 counts["pending"] += 1
             else:  # TERMINATED or ERROR: as trials.csv will name it
-                counts[status_from_last(trial.last_result or {}, self.max_epochs, errored=trial.status == "ERROR")] += 1
+                ended = status_from_last(trial.last_result or {}, self.max_epochs, errored=trial.status == "ERROR")
+                counts[ended] += 1
+                if ended in MEANINGLESS:  # never the best (segtune.results.best_trial)
+                    continue
             value = saved_state.best_counted(trial)  # as the summary will count it, not Tune's metric_analysis
             if value is not None and (best is None or value > best):
                 best, best_trial = value, trial

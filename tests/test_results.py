@@ -95,6 +95,15 @@ def test_the_best_trial_is_the_one_whose_kept_rows_hold_the_best_val_iou():
     assert best_trial(grid).path.endswith("002")
     assert [best_value(r) for r in grid] == [0.41, 0.30, 0.42, None]
     assert best_trial([result("004", [float("nan")])]) is None
+    # a trial whose loss exploded (diverged) or that predicts one class everywhere (collapsed) is never the best,
+    # however high its val/iou: with the epoch budget known, its status is read from its last row
+    exploded = result("005", [0.9, 0.95])
+    exploded.metrics_dataframe["val/loss"] = [0.5, 1.2e7]
+    exploded.metrics.update({"val/loss": 1.2e7})
+    collapsed = result("006", [0.5, 0.93])
+    collapsed.metrics.update({"val/pet_fraction": 1.0})
+    assert best_trial([*grid, exploded, collapsed]).path.endswith("005")  # without the budget: any finite value
+    assert best_trial([*grid, exploded, collapsed], max_epochs=2).path.endswith("002")
 
 
 def test_a_trial_stopped_before_its_first_report_is_listed_unfinished_with_its_parameters(tmp_path):
