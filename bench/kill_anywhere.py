@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from segtune import naming
+from segtune.results import MEANINGLESS
 
 REPO = Path(__file__).resolve().parents[1]
 POINTS = ("startup", "launch", "result", "commit", "final-test", "report")
@@ -118,7 +119,9 @@ def check_outputs(experiment: Path, final: dict[str, list[dict]], max_epochs: in
         row = table.get(trial, {})
         if str(len(rows)) != row.get("epochs", str(len(rows))):
             problems.append(f"trials.csv: {trial} has {row.get('epochs')} epochs, result.json {len(rows)}")
-    values = [r[METRIC] for rows in final.values() for r in rows if r.get(METRIC) == r.get(METRIC)]
+    # the sweep's best: of the trials that neither diverged nor collapsed (segtune.results.MEANINGLESS)
+    values = [r[METRIC] for trial, rows in final.items() for r in rows if r.get(METRIC) == r.get(METRIC)
+              and table.get(trial, {}).get("status") not in MEANINGLESS]
     best = max(values) if values else None
     if best is None or abs(summary.get("best_value", -1) - best) > 1e-9:
         problems.append(f"summary.json best {summary.get('best_value')}, the rows' best {best}")

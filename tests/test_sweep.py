@@ -28,6 +28,13 @@ def sweep_flags(data_dir: Path, storage: Path, name: str, *extra: str) -> list[s
             "--storage-path", str(storage), "--name", name, "--seed", "0", *extra]
 
 
+def counted(rows: list[dict]) -> list[dict]:
+    """The rows that may be the sweep's best: a finite value, neither diverged nor collapsed (segtune.results)."""
+    from segtune.results import MEANINGLESS
+
+    return [r for r in rows if r["status"] not in MEANINGLESS and r[f"best_{SWEEP_METRIC}"] != ""]
+
+
 def read_trials(experiment: Path) -> list[dict]:
     with open(experiment / "trials.csv") as f:
         return list(csv.DictReader(f))
@@ -71,7 +78,7 @@ def test_sweep_prints_summary(sweep):
     assert f"Best {SWEEP_METRIC}:" in out and "stopped early" in out
     assert f"tensorboard --logdir {experiment}" in out
     summary = json.loads((experiment / "summary.json").read_text())
-    best = max(float(r[f"best_{SWEEP_METRIC}"]) for r in read_trials(experiment))
+    best = max(float(r[f"best_{SWEEP_METRIC}"]) for r in counted(read_trials(experiment)))
     assert summary["best_value"] == pytest.approx(best, abs=1e-5)
     assert Path(summary["best_checkpoint"]).is_file()
 
@@ -130,7 +137,7 @@ def test_one_number_names_each_trial_everywhere(sweep):
     assert sorted((int(n), run) for n, run, *_ in table(report, f"{SWEEP_METRIC} per epoch")) == \
         sorted((int(r["trial"]), r["name"]) for r in rows)
     summary = json.loads((experiment / "summary.json").read_text())
-    best = max(rows, key=lambda r: float(r[f"best_{SWEEP_METRIC}"]))
+    best = max(counted(rows), key=lambda r: float(r[f"best_{SWEEP_METRIC}"]))
     assert summary["best_trial"] == best["name"]
     assert f"Trial {best['trial']}, `{best['name']}`" in report
     assert f"Best {SWEEP_METRIC}: {summary['best_value']:.4f} (trial {best['name']})" in proc.stdout
