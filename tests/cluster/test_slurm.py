@@ -102,30 +102,36 @@ class Sweep:
 
 def tcp_sockets(slurm: slurm_local.LocalSlurm, pids: list[int]) -> set[tuple[str, str, str, bool]]:
     """Every TCP socket in the SLURM's network namespace: (owner, local address, remote address, listening); the
-    owner is the name of the process among ``pids`` and the daemons that holds it, or "" (none of them, TIME-WAIT)."""
-    owner = {}
-    for pid in [*pids, *(p.pid for p in slurm.procs.values())]:
-        with contextlib.suppress(OSError):
-            name = Path(f"/proc/{pid}/comm").read_text().strip()
-            for fd in Path(f"/proc/{pid}/fd").iterdir():
-                with contextlib.suppress(OSError):
-                    link = os.readlink(fd)
-                    if link.startswith("socket:["):
-                        owner[link[8:-1]] = name
+    owner is the name of the process that holds it, or "" (none: TIME-WAIT). Looked up among ``pids`` and the
+    daemons first; a listening socket none of them holds (a step's srun or slurmstepd started after ``pids`` were
+    listed: seen in CI as ('', '0.0.0.0')) is looked up among every process of the machine."""
+    def owners(candidates) -> dict[str, str]:
+        found = {}
+        for pid in candidates:
+            with contextlib.suppress(OSError):
+                name = Path(f"/proc/{pid}/comm").read_text().strip()
+                for fd in Path(f"/proc/{pid}/fd").iterdir():
+                    with contextlib.suppress(OSError):
+                        link = os.readlink(fd)
+                        if link.startswith("socket:["):
+                            found[link[8:-1]] = name
+        return found
 
+    owner = owners([*pids, *(p.pid for p in slurm.procs.values())])
     def address(hex_address: str) -> str:
         raw = bytes.fromhex(hex_address.split(":")[0])
         raw = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))  # 32-bit words in host order
         ip = ipaddress.ip_address(raw)
         return str(getattr(ip, "ipv4_mapped", None) or ip)
 
-    found = set()
+    rows = []
     for table in ("tcp", "tcp6"):  # the namespace's, seen through slurmd, which runs in it
         with contextlib.suppress(OSError):
-            for line in Path(f"/proc/{slurm.procs['slurmd'].pid}/net/{table}").read_text().splitlines()[1:]:
-                cols = line.split()
-                found.add((owner.get(cols[9], ""), address(cols[1]), address(cols[2]), cols[3] == "0A"))
-    return found
+            rows += [line.split() for line in
+                     Path(f"/proc/{slurm.procs['slurmd'].pid}/net/{table}").read_text().splitlines()[1:]]
+    if any(cols[3] == "0A" and cols[9] not in owner for cols in rows):  # a listener of a process not yet known
+        owner.update(owners(int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()))
+    return {(owner.get(cols[9], ""), address(cols[1]), address(cols[2]), cols[3] == "0A") for cols in rows}
 
 
 def test_sweep_runs_to_its_end_as_a_slurm_job(slurm, tmp_path):
