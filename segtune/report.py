@@ -451,9 +451,9 @@ def build_report(path: Path) -> Path:
         try:
             classes = read_classes(path)
             shown = predictions_grid(checkpoint, s.get("data_dir", ""), path / PREDICTIONS_PNG, classes)
-            colours = ("each class in its colour (the legend under the picture), ignored pixels white"
-                       if len(classes) > 2 else "truth (green) | prediction (red)")
-            lines += [f"Each row: image | truth | prediction, {colours}; {shown}, checkpoint `{checkpoint}`.",
+            row = ("image | truth | prediction, each class in its colour (the legend under the picture), ignored "
+                   "pixels white" if len(classes) > 2 else "image | truth (green) | prediction (red)")
+            lines += [f"Each row: {row}; {shown}, checkpoint `{checkpoint}`.",
                       "", f"![predictions]({PREDICTIONS_PNG})", ""]
         except UserError as err:
             lines += [f"Not shown: the data is not readable here ({str(err).splitlines()[0]}).", ""]
