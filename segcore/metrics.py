@@ -3,8 +3,9 @@
 Dataset IoU is SMP's "micro" reduction (pixels of all images pooled); per-image IoU is "micro-imagewise" (IoU of
 each image, then the mean). Per-image confusion counts are kept so both come from the same numbers.
 
-``pet_fraction`` is the share of the (not ignored) pixels predicted pet: near 0 or 1, the model predicts one class
-everywhere, whatever its IoU says (segtune names such a trial collapsed).
+``pet_fraction`` is the share of the (not ignored) pixels predicted pet (the foreground), ``true_fraction`` the share
+that is: a prediction share near 0 or 1 where the truth's is not, and the model predicts one class everywhere,
+whatever its IoU says (segtune names such a trial collapsed).
 """
 from __future__ import annotations
 
@@ -50,6 +51,7 @@ class BinarySegMetrics(Metric):
             "dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro"),
             "per_image_dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro-imagewise"),
             "pet_fraction": (tp + fp).sum() / counted.clamp(min=1),
+            "true_fraction": (tp + fn).sum() / counted.clamp(min=1),
         }
 
 

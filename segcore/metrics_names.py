@@ -21,7 +21,7 @@ def stage_metric(stage: str, name: str) -> str:
 
 
 # The metrics each evaluation stage logs (as ``<stage>/<name>``): two classes (segcore.metrics.BinarySegMetrics)
-EVAL_METRICS = ("loss", "iou", "per_image_iou", "dice", "per_image_dice", "pet_fraction")
+EVAL_METRICS = ("loss", "iou", "per_image_iou", "dice", "per_image_dice", "pet_fraction", "true_fraction")
 # three or more (segcore.metrics.MultiClassSegMetrics), then ``iou/<class name>`` for each class
 MULTICLASS_EVAL_METRICS = ("loss", "iou", "acc", "dice")
 

@@ -38,6 +38,7 @@ def test_matches_smp_metrics_computed_directly_over_two_updates():
         "dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro"),
         "per_image_dice": smp.metrics.f1_score(tp, fp, fn, tn, reduction="micro-imagewise"),
         "pet_fraction": pred.float().mean(),  # no pixel ignored here: every pixel counts
+        "true_fraction": target.float().mean(),
     }
     assert set(got) == set(expected)
     for name in expected:
@@ -113,6 +114,7 @@ def test_ignored_pixels_change_neither_iou_nor_dice():
     assert results[0]["iou"].item() == pytest.approx(tp / (tp + fp + fn))
     assert results[0]["dice"].item() == pytest.approx(2 * tp / (2 * tp + fp + fn))
     assert results[0]["pet_fraction"].item() == pytest.approx((tp + fp) / int(keep.sum()))
+    assert results[0]["true_fraction"].item() == pytest.approx((tp + fn) / int(keep.sum()))
 
 
 def test_fit_and_validate_log_the_named_metrics(tiny_config, tmp_path):
@@ -126,7 +128,7 @@ def test_fit_and_validate_log_the_named_metrics(tiny_config, tmp_path):
     names = {stage_metric("val", n) for n in EVAL_METRICS}
     assert SWEEP_METRIC in names
     assert names == {"val/iou", "val/per_image_iou", "val/dice", "val/per_image_dice", "val/loss",
-                     "val/pet_fraction"}
+                     "val/pet_fraction", "val/true_fraction"}
     assert names <= set(trainer.callback_metrics)
 
     results = trainer.validate(module, datamodule=datamodule, verbose=False)

@@ -47,6 +47,13 @@ def test_finished_sweep_summary_counts_every_outcome_and_has_no_resume_hint():
     ({"epoch": 4, "val/loss": 2.5e5, "val/pet_fraction": 1.0}, False, False, DIVERGED),
     ({"epoch": 2, "done": True, "val/loss": 195.0}, False, True, DIVERGED),
     ({"epoch": 3, "val/loss": 99.0, "val/pet_fraction": 0.3}, False, False, COMPLETED),
+    # against the truth's share: a folder's defects on 0.5% of the pixels, predicted on 0.4%, are no collapse; on
+    # 0.01% they are; a truth of 30% keeps the 1% rule
+    ({"epoch": 3, "val/pet_fraction": 0.004, "val/true_fraction": 0.005}, False, False, COMPLETED),
+    ({"epoch": 3, "val/pet_fraction": 0.0001, "val/true_fraction": 0.005}, False, False, COLLAPSED),
+    ({"epoch": 3, "val/pet_fraction": 0.995, "val/true_fraction": 0.996}, False, False, COMPLETED),
+    ({"epoch": 3, "val/pet_fraction": 0.009, "val/true_fraction": 0.3}, False, False, COLLAPSED),
+    ({"epoch": 3, "val/pet_fraction": 0.011, "val/true_fraction": 0.3}, False, False, COMPLETED),
 ])
 def test_one_rule_names_each_trials_outcome(last, errored, ended, expected):
     assert trial_status(last, max_epochs=3, errored=errored, ended=ended) == expected
