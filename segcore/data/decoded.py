@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated JPEG is an error to report, not an image to half-read
 VALID_TRIMAP_VALUES = (1, 2, 3)
-CACHE_VERSION = 3  # 3: any layout's files, labels.npy, each item's facts
+CACHE_VERSION = 4  # 3: any layout's files, labels.npy, each item's facts; 4: a folder's pixel counts
 
 
 @dataclass

@@ -87,8 +87,9 @@ def _values_shown(values: np.ndarray) -> str:
 
 def decode_mask_pair(image_file: Path, mask_file: Path, size: int, colours=None
                      ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """(image (3, S, S), stored labels (S, S), facts: the values the full-size mask holds and its encoding), kept
-    with the decoded cache so that a folder decoded before is checked again without reading its files."""
+    """(image (3, S, S), stored labels (S, S), facts: the values the full-size mask holds, its encoding and the
+    resized labels' pixel count per value), kept with the decoded cache so that a folder decoded before is checked
+    again, and its class shares counted, without reading its files or a pass over the decoded labels."""
     try:
         image = load_image(image_file)
     except (OSError, SyntaxError, ValueError) as err:
@@ -102,7 +103,9 @@ def decode_mask_pair(image_file: Path, mask_file: Path, size: int, colours=None
                          f"{image.width}x{image.height}")
     image_arr = np.asarray(image.resize((size, size), Image.BILINEAR), dtype=np.uint8).transpose(2, 0, 1)
     labels_small = np.asarray(Image.fromarray(labels).resize((size, size), Image.NEAREST), dtype=np.uint8)
-    return image_arr, labels_small, {"values": np.unique(labels).tolist(), "encoding": encoding}
+    values, counts = np.unique(labels_small, return_counts=True)
+    return image_arr, labels_small, {"values": np.unique(labels).tolist(), "encoding": encoding,
+                                     "counts": dict(zip(values.tolist(), counts.tolist()))}
 
 
 def rows(split: DecodedSplit, start: int, stop: int) -> DecodedSplit:
@@ -184,7 +187,10 @@ def check_generic(layout: Layout, size: int, splits: tuple[str, ...] = SPLITS) -
                         + (f" (first {len(shown)} listed)" if more else "") + ":", shown)
     warnings, train_shares = [], [0.0] * len(names)
     for split in (s for s in SPLITS if s in decoded):
-        stored = np.bincount(decoded[split].labels.ravel(), minlength=256)  # a view of the cache: no copy
+        stored = np.zeros(256)  # pixels per stored value, from the facts decoding counted
+        for facts in facts_by_split[split]:
+            for value, count in facts["counts"].items():
+                stored[int(value)] += count  # (JSON's keys are strings)
         counts = np.bincount(lut, weights=stored, minlength=256)[:len(names)]  # by class
         if split == "train" and counts.sum():
             train_shares = (counts / counts.sum()).tolist()
