@@ -60,12 +60,8 @@ def overlay(images: torch.Tensor, masks: torch.Tensor, color: tuple[int, int, in
 def overlay_classes(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
     """uint8 images (N, 3, H, W) with each pixel tinted by its class's colour (segcore.palette; half transparent);
     ignored pixels (255) untouched."""
-    from segcore.palette import class_colours
-
-    colours = torch.tensor(class_colours(num_classes), dtype=torch.float32)  # (C, 3)
-    labels = labels[:, 0].long()  # (N, H, W)
-    known = (labels < num_classes).unsqueeze(1).float()
-    tint = colours[labels.clamp(max=num_classes - 1)].permute(0, 3, 1, 2)  # (N, 3, H, W)
+    known = (labels < num_classes).float()  # (N, 1, H, W)
+    tint = colour_map(labels, num_classes).float()
     out = images.float() * (1 - 0.5 * known) + tint * 0.5 * known
     return out.clamp(0, 255).to(torch.uint8)
 

@@ -40,6 +40,7 @@ from segtune.results import (
     STATUSES,
     STOPPED,
     UNFINISHED,
+    VAL_CLASS_PREFIX,
     finite,
     trial_status,
 )
@@ -47,7 +48,6 @@ from segtune.results import (
 SCALARS = (TRAIN_LOSS, *(stage_metric("val", m) for m in EVAL_METRICS), LEARNING_RATE)
 # three classes or more: the pixel accuracy and each class's IoU (val/iou/<class>) too
 MULTICLASS_SCALARS = tuple(stage_metric("val", m) for m in MULTICLASS_EVAL_METRICS if m not in EVAL_METRICS)
-CLASS_PREFIX = stage_metric("val", class_metric(""))
 BEST, EPOCHS = f"{SWEEP_METRIC}_best", "trial/epochs"  # for HParams: the best so far, the epochs run
 OUTCOME = "outcome"  # an hparam of every session: trials.csv's status, to filter by
 CONFIG_SUFFIX = ".hparams-config"  # the experiment root's events file holding the HParams configuration
@@ -112,7 +112,7 @@ class TrialBoard(LoggerCallback):
         steps = result.get(TRAIN_LOSS_STEP)
         first_step = (int(step) - 1) * len(steps) + 1 if isinstance(steps, list) and steps else None
         writer = self._writer(trial, int(step), first_step)
-        for tag in (*SCALARS, *MULTICLASS_SCALARS, *(k for k in result if k.startswith(CLASS_PREFIX))):
+        for tag in (*SCALARS, *MULTICLASS_SCALARS, *(k for k in result if k.startswith(VAL_CLASS_PREFIX))):
             value = result.get(tag)
             if isinstance(value, (int, float)) and math.isfinite(value):
                 writer.add_scalar(tag, value, global_step=int(step))

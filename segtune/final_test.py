@@ -6,7 +6,6 @@ driver decoded before launch; the checkpoint is read wherever the sweep stored i
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from typing import Any
 from segcore.data.decoded import DecodedSplit
 from segcore.metrics_names import class_metric, eval_metrics, stage_metric
 from segtune.assets import DataRecipe
-from segtune.results import checkpoint_location
+from segtune.results import checkpoint_location, finite
 from segtune.storage import CHECKPOINT_FILE, TEST_METRICS_FILE, write_text_atomic
 
 
@@ -35,13 +34,10 @@ def evaluate(checkpoint_file: str, test: DecodedSplit) -> dict[str, Any]:
     names = [stage_metric("test", m) for m in eval_metrics(cfg.class_names)]
     out = {"images": len(test), "image_size": cfg.image_size, **{k: float(metrics[k]) for k in names}}
     if cfg.num_classes > 2:
-        out["per_class_iou"] = {name: finite_or_none(out.pop(stage_metric("test", class_metric(name))))
+        # None (JSON has no NaN) for a class absent from truth and prediction
+        out["per_class_iou"] = {name: finite(out.pop(stage_metric("test", class_metric(name))))
                                 for name in cfg.class_names}
     return out
-
-
-def finite_or_none(value: float):
-    return value if math.isfinite(value) else None  # JSON has no NaN
 
 
 def run_final_test(checkpoint, test: DecodedSplit | DataRecipe, image_size: int, cpus: float, gpus: float,

@@ -23,11 +23,9 @@ from segcore.metrics_names import (
     SWEEP_METRIC,
     VAL_PREDICTIONS_IMAGES,
     VAL_PREDICTIONS_PADDING,
-    class_metric,
-    stage_metric,
 )
 from segtune import naming
-from segtune.results import MEANINGLESS, STATUSES, STOPPED, finite, status_from_last
+from segtune.results import MEANINGLESS, STATUSES, STOPPED, VAL_CLASS_PREFIX, finite, status_from_last
 from segtune.settings import read_settings
 from segtune.storage import (
     BEST_CONFIG_FILE,
@@ -371,8 +369,7 @@ def run_best_model(checkpoint: Path, data_dir: str):
 def per_class_table(best_row: dict[str, Any], test: dict[str, Any]) -> list[str]:
     """The best trial's IoU of each class at its best epoch and on the test split (three classes or more; none
     for two, whose val/iou is the foreground's)."""
-    prefix = stage_metric("val", class_metric(""))
-    val = {k[len(prefix):]: finite(v) for k, v in best_row.items() if k.startswith(prefix)}
+    val = {k[len(VAL_CLASS_PREFIX):]: finite(v) for k, v in best_row.items() if k.startswith(VAL_CLASS_PREFIX)}
     tested = test.get("per_class_iou") or {}
     names = list(dict.fromkeys([*val, *tested]))
     if not names:

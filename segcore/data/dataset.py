@@ -22,13 +22,6 @@ from segcore.errors import UserError
 SPLIT_FILES = ("trainval", "test")
 
 
-def is_generic(data_dir: str | os.PathLike) -> bool:
-    """Whether ``data_dir`` holds one of the generic layouts' folders (else it is read as Oxford-IIIT Pet's)."""
-    from segcore.data.layouts import find_layout
-
-    return find_layout(data_dir) is not None
-
-
 def dataset_complete(data_dir: str | os.PathLike) -> bool:
     """Whether every file the layout lists is there (no problem found without reading an image)."""
     from segcore.data.layouts import find_layout
