@@ -68,6 +68,10 @@ def build_parser(given_only: bool = False) -> argparse.ArgumentParser:
                         "training since the last one (every epoch when an epoch takes long; every few when epochs "
                         "take seconds). A kill costs each running trial the epochs since its last full state. The "
                         "weights alone are written whenever val/iou improves. DDP trials write it every epoch")
+    p.add_argument("--keep-best", type=int, default=default(D.keep_best), metavar="K",
+                   help="keep the best weights of the K best trials once they end (the others' are deleted, so a "
+                        "sweep of a thousand trials keeps K models, not a thousand; trials.csv says whose are "
+                        "kept); running trials keep their full state until they end")
     p.add_argument("--storage-path", default=default(D.storage_path),
                    help="where experiments are kept: a local or shared path, or an s3:// / gs:// URI")
     p.add_argument("--name", default=default(D.name), help="experiment name: <storage-path>/<name>")

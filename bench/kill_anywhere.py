@@ -86,7 +86,9 @@ def check_sweep(experiment: Path, num_samples: int, seen: list[dict[str, list[di
         import optuna
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.load_study(study_name=experiment.name, storage=f"sqlite:///{experiment / 'optuna.db'}")
+        from segtune.search import optuna_storage
+
+        study = optuna.load_study(study_name=experiment.name, storage=optuna_storage(experiment))
         running = [t.number for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
         if running:
             problems.append(f"Optuna trials {running} left RUNNING")

@@ -35,7 +35,7 @@ from segtune.interrupts import Interrupts
 from segtune.results import finished_sweep
 from segtune.settings import SweepSettings, auto_resume, resume_command, save_settings, settings_for
 from segtune.spaces import Space, load_space
-from segtune.storage import ENDED_FILE, SPACE_FILE, Storage, write_text_atomic
+from segtune.storage import ENDED_FILE, OPTUNA_JOURNAL, SPACE_FILE, Storage, write_text_atomic
 from segtune.trainable import IN_SWEEP_WORKER
 
 if TYPE_CHECKING:  # segtune.assets imports torch: a local Ray starts before that (check_and_prepare)
@@ -222,7 +222,7 @@ def plan(job: Prepared) -> str:
              f"metric {SWEEP_METRIC} ({SWEEP_MODE}); per trial {s.cpus_per_trial:g} CPU, "
              f"{s.gpus_per_trial:g} GPU{workers}; max concurrent {s.max_concurrent or 'as resources allow'}",
              "checkpoints: " + CheckpointPolicy.for_trial(s.checkpoint_every, s.workers_per_trial).describe()
-             + ", best weights",
+             + f", best weights; kept once a trial ends: the best weights of the {s.keep_best} best trials",
              f"resources: {job.resources}", *job.notes, f"experiment: {job.storage.shown}"]
     return "\n".join(lines)
 
@@ -235,6 +235,11 @@ def start_experiment(job: Prepared) -> bool:
     if not s.resume:
         save_settings(s, storage.local)
         job.space.save(storage.local / SPACE_FILE)
+    saved_state.KEEP_BEST, saved_state.MAX_EPOCHS = s.keep_best, s.max_epochs
+    if s.search == "optuna":  # a driver killed mid-append left the study's journal cut short
+        from segtune.search import repair_journal
+
+        repair_journal(storage.local / OPTUNA_JOURNAL)
     return saved_state.prepare(storage.ray_path_of_experiment, job.commit, s.resume, s.state_format)
 
 

@@ -38,6 +38,10 @@ from segtune.storage import (
     TEST_METRICS_FILE,
 )
 
+# Past this many trials the report's tables list the best ones (every trial is in trials.csv) and its curves draw
+# the others faintly: a sweep of hundreds of trials stays readable
+TABLE_TRIALS, COLOURED_CURVES = 30, 10
+
 # all match storage.REPORT_PLOTS, so a sweep stored at a URI uploads them with report.md
 CURVES_PNG, BEST_SO_FAR_PNG = "report_val_iou.png", "report_best_so_far.png"
 IMPORTANCES_PNG, PREDICTIONS_PNG = "report_importances.png", "report_predictions.png"
@@ -68,6 +72,11 @@ class TrialRecord:
     def best(self) -> Optional[float]:
         values = [v for v in self.values if v is not None]
         return max(values) if values else None
+
+    @property
+    def weights_kept(self) -> bool:
+        """Whether a checkpoint of the trial is still on disk (--keep-best keeps the best trials' once they end)."""
+        return any(self.path.glob(f"*/{CHECKPOINT_FILE}"))
 
     @property
     def start(self) -> float:
@@ -151,23 +160,37 @@ def plot_curves(experiment: Experiment, out: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     plt, fig, ax = _figure()
-    for trial in experiment.trials:
+    many = len(experiment.trials) > 20
+    # with many trials, the best few in colour (and the legend), the others faint grey behind them
+    coloured = {t.name for t in best_trials(experiment, COLOURED_CURVES)} if many else None
+    for trial in sorted(experiment.trials, key=lambda t: coloured is not None and t.name in coloured):
         points = [(e, v) for e, v in zip(trial.epochs, trial.values) if v is not None]
         if not points:
             continue
         epochs, values = zip(*points)
-        line, = ax.plot(epochs, values, marker="o", markersize=3, linewidth=1.2, label=trial.name)
-        if trial.status == STOPPED:  # where ASHA stopped it
+        faint = coloured is not None and trial.name not in coloured
+        line, = ax.plot(epochs, values, marker="o", markersize=1.5 if faint else 3, linewidth=0.6 if faint else 1.2,
+                        label=None if faint else trial.name, **({"color": "0.75", "alpha": 0.5} if faint else {}))
+        if trial.status == STOPPED and not faint:  # where ASHA stopped it
             ax.plot(epochs[-1], values[-1], marker="x", markersize=9, color=line.get_color())
-    ax.set(xlabel="epoch", ylabel=SWEEP_METRIC, title=f"{SWEEP_METRIC} per epoch (x: stopped early by ASHA)")
+    title = f"{SWEEP_METRIC} per epoch (x: stopped early by ASHA)"
+    ax.set(xlabel="epoch", ylabel=SWEEP_METRIC,
+           title=title if not many else f"{title}\nthe {len(coloured)} best of {len(experiment.trials)} in colour")
     ax.set_xlim(0.5, max(experiment.max_epochs, 1) + 0.5)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
-    if len(experiment.trials) <= 20:
+    if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, ncol=2, loc="lower right")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
+
+
+def best_trials(experiment: Experiment, n: int) -> list[TrialRecord]:
+    """The ``n`` trials with the best val/iou (of those that neither diverged nor collapsed first), best first."""
+    ranked = sorted((t for t in experiment.trials if t.best is not None),
+                    key=lambda t: (t.status not in MEANINGLESS, t.best), reverse=True)
+    return ranked[:n]
 
 
 def best_so_far(experiment: Experiment) -> list[tuple[int, Optional[float], Optional[float]]]:
@@ -415,18 +438,31 @@ def build_report(path: Path) -> Path:
     lines += per_class_table(best[1] if best is not None else {}, test or {})
 
     plot_curves(experiment, path / CURVES_PNG)
-    lines += [f"## {SWEEP_METRIC} per epoch", "", f"![{SWEEP_METRIC} per epoch]({CURVES_PNG})", "",
-              "| trial | run | status | epochs | best | last |", "| --- | --- | --- | --- | --- | --- |"]
-    for t in experiment.trials:
+    lines += [f"## {SWEEP_METRIC} per epoch", "", f"![{SWEEP_METRIC} per epoch]({CURVES_PNG})", ""]
+    listed = experiment.trials
+    if len(listed) > TABLE_TRIALS:
+        listed = best_trials(experiment, TABLE_TRIALS)
+        lines += [f"The {len(listed)} best of {len(experiment.trials)} trials, best first (every trial: `trials.csv`).",
+                  ""]
+    kept = [t for t in experiment.trials if t.weights_kept]
+    lines += [f"Weights kept on disk: {len(kept)} trial(s) (`--keep-best {s.get('keep_best', 'all')}`: the best "
+              "trials' once they end, running ones' until then); the column `weights` of `trials.csv` says where.",
+              "", "| trial | run | status | epochs | best | last | weights |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    for t in listed:
         values = [v for v in t.values if v is not None]
         lines.append(f"| {t.number} | `{t.name}` | {t.status} | {len(t.rows)} | {_fmt(t.best)} | "
-                     f"{_fmt(values[-1] if values else None)} |")
+                     f"{_fmt(values[-1] if values else None)} | {'kept' if t.weights_kept else ''} |")
     lines.append("")
 
     points = best_so_far(experiment)
     plot_best_so_far(points, path / BEST_SO_FAR_PNG)
-    lines += ["## Best so far", "", f"![best so far]({BEST_SO_FAR_PNG})", "",
-              "| trial | best of the trial | best so far |", "| --- | --- | --- |"]
+    lines += ["## Best so far", "", f"![best so far]({BEST_SO_FAR_PNG})", ""]
+    if len(points) > TABLE_TRIALS:  # the trials that raised the best so far
+        lines += ["The trials that raised the best so far (every trial: the plot above, and `trials.csv`).", ""]
+        points = [p for i, p in enumerate(points) if p[1] is not None and p[1] == p[2]
+                  and (i == 0 or points[i - 1][2] != p[2])]
+    lines += ["| trial | best of the trial | best so far |", "| --- | --- | --- |"]
     lines += [f"| {n} | {_fmt(b)} | {_fmt(r)} |" for n, b, r in points] + [""]
 
     values, why_not = importances(experiment)

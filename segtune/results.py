@@ -84,6 +84,8 @@ class TrialRow:
     world_size: int
     path: str
     error: str
+    # where its best weights are, when they were kept (--keep-best: the best trials' only); "" when deleted or none
+    weights: str = ""
     # the pixel accuracy and each class's IoU of its best epoch (data of three classes or more), by metric name
     at_best: dict[str, Optional[float]] = field(default_factory=dict)
 
@@ -94,7 +96,8 @@ class TrialRow:
         row.update({f"last_{SWEEP_METRIC}": _fmt(self.last), f"best_{SWEEP_METRIC}": _fmt(self.best),
                     "epochs": self.epochs, "wall_time_s": round(self.wall_time_s, 2), "hostname": self.hostname,
                     "node_ip": self.node_ip, "node_id": self.node_id, "device": self.device,
-                    "gpu": self.gpu, "world_size": self.world_size, "path": self.path, "error": self.error})
+                    "gpu": self.gpu, "world_size": self.world_size, "path": self.path, "weights": self.weights,
+                    "error": self.error})
         row.update({key: _fmt(self.at_best.get(key)) for key in extra_keys})
         return row
 
@@ -153,7 +156,7 @@ def trial_rows(result_grid, searched_keys: list[str], max_epochs: int) -> list[T
             node_ip=str(metrics.get("node_ip", "")), node_id=str(metrics.get("node_id", "")),
             device=str(metrics.get("device", "")), gpu=str(metrics.get("gpu", "")),
             world_size=int(metrics.get("world_size") or 0),
-            path=str(result.path), error=error, at_best=metrics_at_best(result)))
+            path=str(result.path), error=error, weights=kept_weights(result), at_best=metrics_at_best(result)))
     return sorted(rows, key=lambda r: (r.number is None, r.number or 0, r.trial_id))
 
 
@@ -229,6 +232,24 @@ def best_checkpoint(best):
         if isinstance(path, str) and path:
             return Checkpoint(path, filesystem=best.filesystem)
     return None
+
+
+def kept_weights(result) -> str:
+    """Where the trial's best weights are, if they are still there (--keep-best deletes those of the trials
+    that are not among the best once they end), else "". (Of equally good checkpoints, the one kept.)"""
+    import pyarrow.fs
+
+    scored = sorted(((finite(metrics.get(SWEEP_METRIC)), checkpoint) for checkpoint, metrics in
+                     result.best_checkpoints or []), key=lambda pair: -math.inf if pair[0] is None else pair[0],
+                    reverse=SWEEP_MODE == "max")
+    candidates = [checkpoint for _, checkpoint in scored] or [best_checkpoint(result)]
+    for checkpoint in candidates:
+        if checkpoint is None:
+            continue
+        info = checkpoint.filesystem.get_file_info(f"{checkpoint.path}/{CHECKPOINT_FILE}")
+        if info.type == pyarrow.fs.FileType.File:
+            return checkpoint_location(checkpoint, CHECKPOINT_FILE)
+    return ""
 
 
 def checkpoint_location(checkpoint, filename: str) -> str:

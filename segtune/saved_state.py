@@ -42,7 +42,7 @@ from segcore.errors import UserError
 from segcore.metrics_names import EPOCH, SWEEP_METRIC
 from segtune import naming
 from segtune.checkpoint_policy import FULL, KIND_KEY
-from segtune.results import better, finite
+from segtune.results import MEANINGLESS, better, finite, trial_status
 from segtune.storage import DRIVER_FILES, PARAMS_FILE, RESULT_FILE
 
 STATE_DIR = "resume_state"
@@ -186,15 +186,19 @@ def _best_of(rows: list[str], best: Optional[float] = None) -> Optional[float]:
 
 EXPERIMENT: Optional[str] = None  # this run's experiment folder or URI, set by tune_main (Tune pickles callbacks
 # with the experiment, and a resumed experiment may have moved since)
+# --keep-best and --max-epochs of this run, set by tune_main (None: every ended trial keeps its best checkpoint)
+KEEP_BEST: Optional[int] = None
+MAX_EPOCHS: Optional[int] = None
 
 
 class CommittedState(tune.Callback):
     """Commits Tune's state and the rows reported since the last commit each time Tune saves its state (when
     anything changed); writes each trial's ``result.json`` (instead of Tune's JSON logger) and ``params.json`` in
     the folder ``EXPERIMENT``; and deletes a trial's checkpoints once a commit no longer needs them (its latest and
-    its best are kept). Tune's own deletion cannot be used: it deletes the previous checkpoint as soon as a new one
-    arrives, before any saved state names the new one, so a kill in between leaves a state whose checkpoint is
-    gone."""
+    its best are kept; once it has ended, its best only, and only if it is one of the KEEP_BEST best: a sweep of a
+    thousand trials keeps that many models, not a thousand). Tune's own deletion cannot be used: it deletes the
+    previous checkpoint as soon as a new one arrives, before any saved state names the new one, so a kill in
+    between leaves a state whose checkpoint is gone."""
 
     def __getstate__(self) -> dict:  # nothing of a run's own is pickled with the experiment
         return {}
@@ -217,6 +221,8 @@ class CommittedState(tune.Callback):
         # trial folder -> Tune trial id (commits of sweeps from before trials had numbers: in the folder's name)
         self._ids = {trial: entry["trial_id"] for trial, entry in committed.items() if "trial_id" in entry}
         self._checkpoints = {trial: entry.get("checkpoints", []) for trial, entry in committed.items()}
+        # trial folder -> how it ended (segtune.results.trial_status), for trials that will not run again
+        self._ended = {trial: entry["ended"] for trial, entry in committed.items() if "ended" in entry}
         # trial folder -> best val/iou of its rows committed or released to the next commit (resumed: of the rows
         # restore() kept), and of its rows still waiting for a full state, lost if the trial restarts before it
         self._best = {trial: best for trial in committed
@@ -251,6 +257,10 @@ class CommittedState(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self._release(trial)  # a trial that ends runs no epoch again: its rows need no checkpoint
+        # nor its full state: its best weights stay if it is one of the best (an errored trial is not ended: a
+        # --resume continues it from its full state)
+        self._ended[self._trial_folder(trial)] = trial_status(trial.last_result or {}, MAX_EPOCHS or 0,
+                                                              errored=False, ended=True)
         self._changed = True
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
@@ -329,8 +339,11 @@ class CommittedState(tune.Callback):
         checkpoints = {t: self._checkpoints.get(t, []) + new_checkpoints.get(t, [])
                        for t in {*self._checkpoints, *new_checkpoints}}
         kept = {t: needed(c) for t, c in checkpoints.items()}
+        if KEEP_BEST is not None:
+            kept = keep_best(kept, self._ended, KEEP_BEST)
         rows = {t: {"count": counts.get(t, 0), "new": pending.get(t, []), "checkpoints": kept.get(t, []),
-                    **({"trial_id": self._ids[t]} if t in self._ids else {})}
+                    **({"trial_id": self._ids[t]} if t in self._ids else {}),
+                    **({"ended": self._ended[t]} if t in self._ended else {})}
                 for t in sorted({*counts, *kept})}
         digests[ROWS_FILE] = self._put(folder, ROWS_FILE, json.dumps(rows).encode())
         self._put(folder, COMMITTED, json.dumps({"files": digests}, indent=1).encode())
@@ -352,6 +365,11 @@ class CommittedState(tune.Callback):
         return hashlib.sha256(data).hexdigest()
 
 
+def best_of(checkpoints: list[list]) -> list:
+    """The best of a trial's checkpoints ([path, score, full], oldest first): the latest of equally good ones."""
+    return max(reversed(checkpoints), key=lambda c: c[1])
+
+
 def needed(checkpoints: list[list]) -> list[list]:
     """Of a trial's checkpoints ([path, score, full], oldest first; without ``full``: written before the checkpoint
     policy, each full): the latest (Tune's state names it), the latest full state (what the trial continues from)
@@ -359,10 +377,20 @@ def needed(checkpoints: list[list]) -> list[list]:
     if not checkpoints:
         return []
     latest = checkpoints[-1]
-    best = max(reversed(checkpoints), key=lambda c: c[1])  # the latest of equally good ones
+    best = best_of(checkpoints)
     full = next((c for c in reversed(checkpoints) if len(c) < 3 or c[2]), None)
     keep = {id(c) for c in (latest, best, full) if c is not None}
     return [c for c in checkpoints if id(c) in keep]
+
+
+def keep_best(kept: dict[str, list[list]], ended: dict[str, str], k: int) -> dict[str, list[list]]:
+    """``kept`` (trial folder -> the checkpoints ``needed`` keeps) with each ended trial down to its best checkpoint,
+    and that only for the ``k`` ended trials whose best checkpoint scores highest; a diverged or collapsed trial
+    keeps none (it is never the sweep's best, however high its val/iou). Unended trials keep what they need."""
+    ranked = sorted((t for t, c in kept.items() if t in ended and c and ended[t] not in MEANINGLESS),
+                    key=lambda t: best_of(kept[t])[1], reverse=True)
+    top = set(ranked[:k])
+    return {t: c if t not in ended else [best_of(c)] if t in top else [] for t, c in kept.items()}
 
 
 def _delete_dir(fs, path: str) -> None:

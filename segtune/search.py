@@ -1,7 +1,8 @@
-"""Search algorithms: seeded Optuna TPE stored in SQLite (with ASHA stops told as pruned) or Ray's random/grid."""
+"""Search: seeded Optuna TPE, its study in a journal file (ASHA stops told as pruned), or Ray's random/grid."""
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Optional
@@ -13,7 +14,7 @@ from ray.tune.search.optuna import OptunaSearch
 from segcore.metrics_names import EPOCH
 from segtune import compat, naming, saved_state
 from segtune.results import ERRORED, FAILED, STOPPED, finite, trial_status
-from segtune.storage import OPTUNA_DB
+from segtune.storage import OPTUNA_DB, OPTUNA_JOURNAL
 
 # user attributes of each Optuna trial: which Tune trial it is, its run name (its folder, TensorBoard's run), and how
 # it ended (trials.csv's status)
@@ -185,8 +186,37 @@ def fail_running(experiment_dir: Path, study_name: str) -> int:
     return len(running)
 
 
-def optuna_storage(experiment_dir: Path) -> optuna.storages.RDBStorage:
-    return optuna.storages.RDBStorage(f"sqlite:///{experiment_dir.resolve() / OPTUNA_DB}")
+def optuna_storage(experiment_dir: Path) -> optuna.storages.BaseStorage:
+    """The sweep's study storage: its journal file (Optuna's JournalFileBackend; the driver is its only writer), or
+    the SQLite file of a sweep started before the journal (``optuna-dashboard`` reads either; so does
+    ``optuna.load_study(study_name=NAME, storage=optuna_storage(<dir>))``)."""
+    folder = experiment_dir.resolve()
+    if (folder / OPTUNA_DB).is_file():
+        return optuna.storages.RDBStorage(f"sqlite:///{folder / OPTUNA_DB}")
+    from optuna.storages.journal import JournalFileBackend
+
+    return optuna.storages.JournalStorage(JournalFileBackend(str(folder / OPTUNA_JOURNAL)))
+
+
+def repair_journal(path: Path) -> None:
+    """Undo what a driver killed mid-append left: a last line cut short (Optuna would glue the next change onto it
+    and then fail to read the journal at all) and the lock file of the append (Optuna waits 30 s before breaking a
+    lock). Called by the driver before its searcher (new, or Tune's restored one) opens the journal: never by a reader,
+    which could cut a line the driver is appending."""
+    lock = path.with_name(path.name + ".lock")
+    if lock.is_symlink() or lock.exists():
+        lock.unlink()
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return
+        data = (f.seek(0), f.read())[1]
+        f.truncate(data.rfind(b"\n") + 1)
 
 
 def build_search(kind: str, metric: str, mode: str, seed: int, experiment_dir: Path, study_name: str,

@@ -26,7 +26,7 @@ SAVED_BY_KEY, STATE_FORMAT = "saved_by", 1
 
 # Flags a resumed sweep may change: how to reach Ray and what to print. The rest comes from sweep.yaml.
 RESUME_MAY_CHANGE = {"resume", "resume_auto", "address", "verbose", "dry_run", "dashboard", "storage_path", "name",
-                     "no_final_test"}
+                     "no_final_test", "keep_best"}
 # Keys earlier versions saved in sweep.yaml that are not settings (tune_main's other modes): ignored when read
 NOT_SETTINGS = {"list_spaces", "report"}
 SEARCHES, SCHEDULERS = ("optuna", "random"), ("asha", "fifo")
@@ -60,6 +60,8 @@ class SweepSettings:
     max_concurrent: Optional[int] = None
     max_failures: int = 0
     checkpoint_every: str = "auto"
+    # the ended trials whose best weights stay on disk: the K best (segtune.saved_state.keep_best); the others' go
+    keep_best: int = 10
     storage_path: str = "results"
     name: str = "sweep"
     resume: bool = False
@@ -122,6 +124,9 @@ class SweepSettings:
             p.append(f"--max-concurrent must be >= 1, got {self.max_concurrent}")
         if self.max_failures < 0:
             p.append(f"--max-failures must be >= 0, got {self.max_failures}")
+        if self.keep_best < 1:
+            p.append(f"--keep-best must be >= 1 (the best trial's weights are what the final test and the report "
+                     f"use), got {self.keep_best}")
         try:
             CheckpointPolicy.parse(self.checkpoint_every)
         except ValueError as err:

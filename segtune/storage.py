@@ -1,7 +1,7 @@
 """Where a sweep keeps its results: a local or shared folder, or a cloud URI (s3://, gs://, ...).
 
-Ray writes trials and checkpoints straight to the storage path. The driver's own files (trials.csv, optuna.db,
-best_config.yaml, summary.json, sweep.yaml) live in a local folder: SQLite needs a real filesystem. With a URI
+Ray writes trials and checkpoints straight to the storage path. The driver's own files (trials.csv, optuna.journal,
+best_config.yaml, summary.json, sweep.yaml) live in a local folder: the study's journal is appended to. With a URI
 that folder is ``./results/<name>`` and its files are uploaded next to Ray's at the end of the sweep.
 """
 from __future__ import annotations
@@ -21,7 +21,9 @@ BEST_CONFIG_FILE = "best_config.yaml"
 SUMMARY_FILE = "summary.json"
 SETTINGS_FILE = "sweep.yaml"  # the flags a sweep started with; --resume and --report read them back
 SPACE_FILE = "space.yaml"  # the space as the sweep started with it (--set values fixed in)
-OPTUNA_DB = "optuna.db"
+# The Optuna study: a journal (one JSON line per change, appended: bench/study_storage.py measured it 4.5-7 x faster
+# than SQLite per trial at 100-1,000 trials); sweeps started before it keep their SQLite file
+OPTUNA_JOURNAL, OPTUNA_DB = "optuna.journal", "optuna.db"
 TEST_METRICS_FILE = "test_metrics.json"
 REPORT_FILE = "report.md"
 REPORT_PLOTS = "report_*.png"
@@ -29,8 +31,8 @@ REPORT_PLOTS = "report_*.png"
 # they are final, and --resume leaves them as they are (an interrupted sweep's errored trials continue from their
 # last full state: a trial killed with a preempted job errors)
 ENDED_FILE = "ended.json"
-DRIVER_FILES = (TRIALS_CSV, BEST_CONFIG_FILE, SUMMARY_FILE, SETTINGS_FILE, SPACE_FILE, OPTUNA_DB, TEST_METRICS_FILE,
-                REPORT_FILE, ENDED_FILE)
+DRIVER_FILES = (TRIALS_CSV, BEST_CONFIG_FILE, SUMMARY_FILE, SETTINGS_FILE, SPACE_FILE, OPTUNA_JOURNAL, OPTUNA_DB,
+                TEST_METRICS_FILE, REPORT_FILE, ENDED_FILE)
 # each trial's folder: its result rows (one JSON object per reported epoch) and its parameters, both written by the
 # driver (segtune.saved_state)
 RESULT_FILE, PARAMS_FILE = "result.json", "params.json"

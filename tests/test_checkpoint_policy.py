@@ -77,3 +77,24 @@ def test_a_checkpoint_from_before_the_policy_is_a_full_state(tmp_path):
     (tmp_path / "checkpoint_000000").mkdir()
     folder = str(tmp_path / "checkpoint_000000")
     assert policies.full_state_for(pyarrow.fs.LocalFileSystem(), folder) == (folder, {})
+
+
+def test_ended_trials_keep_their_best_weights_only_and_only_the_k_best_of_them():
+    """segtune.saved_state.keep_best: what --keep-best leaves of each trial's checkpoints ([path, score, full])."""
+    from segtune.saved_state import keep_best, needed
+
+    def trial(*scores):  # a checkpoint per epoch, a full state every second one
+        return [[f"e{i}", s, i % 2 == 0] for i, s in enumerate(scores)]
+
+    checkpoints = {"a": trial(0.5, 0.9, 0.7), "b": trial(0.6, 0.8), "c": trial(0.2, 0.95),
+                   "d": trial(0.3, 0.99), "running": trial(0.1, 0.4, 0.3)}
+    ended = {"a": "completed", "b": "stopped early", "c": "completed", "d": "collapsed"}
+    kept = keep_best({t: needed(c) for t, c in checkpoints.items()}, ended, k=2)
+    # the two best that count (d collapsed: never the best, whatever its val/iou) keep their best epoch alone
+    assert kept["c"] == [["e1", 0.95, False]] and kept["a"] == [["e1", 0.9, False]]
+    assert kept["b"] == [] and kept["d"] == []
+    # a running trial keeps what it may need: its latest (here also its latest full state) and its best
+    assert kept["running"] == needed(checkpoints["running"]) == [["e1", 0.4, False], ["e2", 0.3, True]]
+    # more room than trials: each ended trial still keeps its best epoch only
+    wide = keep_best({t: needed(c) for t, c in checkpoints.items()}, ended, k=10)
+    assert wide["b"] == [["e1", 0.8, False]] and wide["d"] == []

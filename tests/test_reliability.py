@@ -21,6 +21,7 @@ import pytest
 from bench.kill_anywhere import check_sweep, read_rows
 from conftest import RAN_TO_END, REPO, SMALL_ENCODER, run_cli
 from segcore.metrics_names import SWEEP_METRIC
+from segtune.search import optuna_storage
 
 pytestmark = pytest.mark.slow
 
@@ -46,7 +47,7 @@ def results(experiment: Path) -> dict[str, list[dict]]:
 
 
 def study(experiment: Path) -> optuna.Study:
-    return optuna.load_study(study_name=experiment.name, storage=f"sqlite:///{experiment / 'optuna.db'}")
+    return optuna.load_study(study_name=experiment.name, storage=optuna_storage(experiment))
 
 
 def assert_each_epoch_once(reported: dict[str, list[dict]]) -> None:
@@ -244,7 +245,7 @@ def test_raising_trial_is_retried_from_its_checkpoint_and_nan_trials_end_diverge
            f"{len(by_status['diverged'])} diverged, {collapsed} collapsed, 0 errored" in proc.stdout
     summary = json.loads((experiment / "summary.json").read_text())
     assert summary["best_params"]["lr"] == 0.01 and math.isfinite(summary["best_value"])
-    states = {t.params["lr"]: t.state for t in study(experiment).trials} if (experiment / "optuna.db").exists() \
+    states = {t.params["lr"]: t.state for t in study(experiment).trials} if (experiment / "optuna.journal").exists() \
         else {}
     assert not states  # --search random keeps no Optuna study
     # TensorBoard: one HParams session per trial, the retried one included, with trials.csv's outcome

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import math
+import os
+import time
 from types import SimpleNamespace
 
 import optuna
@@ -55,7 +57,7 @@ def test_stopped_trial_is_pruned_with_its_epoch_values(tmp_path):
 
 
 def study_trials(experiment) -> list:
-    return optuna.load_study(study_name="s", storage=f"sqlite:///{experiment / 'optuna.db'}").trials
+    return optuna.load_study(study_name="s", storage=optuna_storage(experiment)).trials
 
 
 def test_optuna_is_told_only_what_is_committed_and_a_lost_epoch_is_told_as_it_ran_again(tmp_path):
@@ -145,7 +147,7 @@ def test_proposal_asked_after_the_last_snapshot_is_reused_on_resume(tmp_path):
     first = search.suggest("a")
     search.save(str(tmp_path / "searcher.pkl"))
     # the driver asks for the next proposal, writes part of it, and is killed before the next snapshot
-    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    study = optuna.load_study(study_name="s", storage=optuna_storage(tmp_path))
     lost = study.ask()
     lost.suggest_categorical("arch", ["fpn", "unet"])
 
@@ -153,7 +155,7 @@ def test_proposal_asked_after_the_last_snapshot_is_reused_on_resume(tmp_path):
     resumed.restore(str(tmp_path / "searcher.pkl"))
     second = resumed.suggest("b")
     assert set(second) == set(first)  # a whole config, nothing left as a search domain
-    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    trials = optuna.load_study(study_name="s", storage=optuna_storage(tmp_path)).trials
     assert len(trials) == 2  # one Optuna trial per Tune trial: the lost proposal was adopted, not abandoned
     assert trials[1].params["arch"] == second["arch"] == lost.params["arch"]
     # named by the adopted proposal's number, in Tune's folder and in Optuna alike
@@ -164,7 +166,7 @@ def test_proposal_asked_after_the_last_snapshot_is_reused_on_resume(tmp_path):
 def test_tune_names_each_trial_by_its_optuna_number(tmp_path):
     search = make_searcher(tmp_path)
     configs = {tid: search.suggest(tid) for tid in ("x", "y", "z")}
-    trials = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    trials = optuna.load_study(study_name="s", storage=optuna_storage(tmp_path)).trials
     for number, (tid, config) in enumerate(configs.items()):
         # Tune's counter (in the tag) starts at 1 for a search algorithm's trials: the name does not use it
         name = NAMES(tune_trial(tid, {"lr": 0.1, **config}, experiment_tag=f"{number + 1}_lr=0.1"))
@@ -178,3 +180,24 @@ def test_random_search_trials_are_named_by_tunes_count():
     assert NAMES(tune_trial("abc_00012", {"lr": 0.1}, experiment_tag="12_lr=0.1")) == "012-fpn-resnet18"
     assert NAMES(tune_trial("abc_01000", {"arch": "UnetPlusPlus", "encoder": "tu-convnext/atto"},
                             experiment_tag="1000")) == "1000-unetplusplus-tu-convnext_atto"
+
+
+def test_a_journal_cut_short_by_a_kill_is_repaired_before_the_driver_writes_again(tmp_path):
+    """A driver killed mid-append leaves a last line cut short and the append's lock: Optuna would glue the next
+    change onto that line (and then fail to read the journal at all) and wait 30 s for the lock."""
+    from segtune.search import repair_journal
+
+    search = make_searcher(tmp_path)
+    search.suggest("a")
+    journal = tmp_path / "optuna.journal"
+    whole = journal.read_bytes()
+    journal.write_bytes(whole + b'{"op_code": 5, "worker_id": "x", "trial_id": 0, "para')  # cut mid-line
+    (tmp_path / "optuna.journal.lock").symlink_to(tmp_path / "nowhere")
+    repair_journal(journal)
+    assert journal.read_bytes() == whole and not os.path.lexists(tmp_path / "optuna.journal.lock")
+    started = time.monotonic()
+    search.suggest("b")  # writes again, at once
+    assert time.monotonic() - started < 10
+    assert [t.number for t in study_trials(tmp_path)] == [0, 1]
+    repair_journal(journal)  # a whole journal is left as it is
+    assert journal.read_bytes().endswith(b"\n") and len(study_trials(tmp_path)) == 2

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("test_sweep")]
 
 NUM_SAMPLES = 6
 MAX_EPOCHS = 3
+KEEP_BEST = 2  # of 6 trials: the others' weights are deleted as they end
 
 
 def sweep_flags(data_dir: Path, storage: Path, name: str, *extra: str) -> list[str]:
@@ -35,6 +36,15 @@ def counted(rows: list[dict]) -> list[dict]:
     return [r for r in rows if r["status"] not in MEANINGLESS and r[f"best_{SWEEP_METRIC}"] != ""]
 
 
+def load_study(experiment: Path) -> optuna.Study:
+    """The sweep's study, read back from its journal file with Optuna's own classes (as optuna-dashboard reads it)."""
+    from optuna.storages.journal import JournalFileBackend
+
+    assert not (experiment / "optuna.db").exists()
+    return optuna.load_study(study_name="e2e", storage=optuna.storages.JournalStorage(
+        JournalFileBackend(str(experiment / "optuna.journal"))))
+
+
 def read_trials(experiment: Path) -> list[dict]:
     with open(experiment / "trials.csv") as f:
         return list(csv.DictReader(f))
@@ -45,7 +55,8 @@ def sweep(tmp_path_factory, shared_ray):
     """The module's one sweep, on the session's shared Ray (what it checks is not Ray's own start)."""
     root = tmp_path_factory.mktemp("sweep")
     with shared_ray.joined() as join:
-        proc = run_cli(*sweep_flags(root / "data", root / "results", "e2e", "--max-concurrent", "2", *join.flags),
+        proc = run_cli(*sweep_flags(root / "data", root / "results", "e2e", "--max-concurrent", "2",
+                                    "--keep-best", str(KEEP_BEST), *join.flags),
                        env=join.env, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "results" / "e2e", proc
@@ -83,9 +94,37 @@ def test_sweep_prints_summary(sweep):
     assert Path(summary["best_checkpoint"]).is_file()
 
 
+def test_only_the_best_trials_keep_their_best_weights_and_trials_csv_and_the_report_say_whose(sweep):
+    """--keep-best 2: once the sweep has ended, the two best trials that count (segtune.results.MEANINGLESS) keep
+    one checkpoint each, their best epoch's; every other trial none."""
+    experiment, proc = sweep
+    rows = read_trials(experiment)
+    best = f"best_{SWEEP_METRIC}"
+    ranked = sorted(counted(rows), key=lambda r: float(r[best]), reverse=True)
+    # (two trials equally good at the boundary could keep either's weights: none here)
+    assert len(ranked) <= KEEP_BEST or ranked[KEEP_BEST - 1][best] != ranked[KEEP_BEST][best], ranked
+    top = {r["name"] for r in ranked[:KEEP_BEST]}
+    for row in rows:
+        files = sorted((experiment / row["name"]).glob("checkpoint_*/checkpoint.ckpt"))
+        if row["name"] not in top:
+            assert files == [] and row["weights"] == "", row
+            continue
+        assert len(files) == 1 and row["weights"] == str(files[0]), row
+        reported = [json.loads(line) for line in (experiment / row["name"] / "result.json").read_text().splitlines()]
+        [saved_with] = [r for r in reported if r.get("checkpoint_dir_name") == files[0].parent.name]
+        assert saved_with[SWEEP_METRIC] == pytest.approx(float(row[best]), abs=1e-5)  # the trial's best epoch's
+    summary = json.loads((experiment / "summary.json").read_text())
+    assert summary["best_checkpoint"] == next(r["weights"] for r in ranked[:1])
+    assert f"the best weights of the {KEEP_BEST} best trials" in proc.stdout  # the plan says so
+    report = (experiment / "report.md").read_text()
+    assert f"Weights kept on disk: {len(top)} trial(s) (`--keep-best {KEEP_BEST}`" in report
+    kept_lines = [line for line in report.splitlines() if line.startswith("| ") and line.endswith("| kept |")]
+    assert sorted(re.search(r"`(\S+)`", line).group(1) for line in kept_lines) == sorted(top)
+
+
 def test_optuna_study_records_pruned_and_complete_trials(sweep):
     experiment, _ = sweep
-    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    study = load_study(experiment)
     assert len(study.trials) == NUM_SAMPLES
     rows = read_trials(experiment)
     states = sorted(t.state.name for t in study.trials)
@@ -119,7 +158,7 @@ def test_one_number_names_each_trial_everywhere(sweep):
 
     experiment, proc = sweep
     rows = read_trials(experiment)
-    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{experiment / 'optuna.db'}")
+    study = load_study(experiment)
     by_number = {t.number: t for t in study.trials}
     assert sorted(int(r["trial"]) for r in rows) == sorted(by_number) == list(range(NUM_SAMPLES))
     encoder = SMALL_ENCODER
@@ -357,9 +396,10 @@ def test_report_plots_every_trial_and_its_numbers_are_the_trials(sweep):
     rows = table(report, f"{SWEEP_METRIC} per epoch")
     assert sorted(r[1] for r in rows) == sorted(results)  # every trial, once
     statuses = {r["name"]: r["status"] for r in read_trials(experiment)}
-    for _number, name, status, epochs, best, last in rows:
+    kept = {r["name"]: "kept" if r["weights"] else "" for r in read_trials(experiment)}
+    for _number, name, status, epochs, best, last, weights in rows:
         values = [r[SWEEP_METRIC] for r in results[name]]
-        assert status == statuses[name] and int(epochs) == len(values)
+        assert status == statuses[name] and int(epochs) == len(values) and weights == kept[name]
         assert float(best) == pytest.approx(max(values), abs=5e-5)
         assert float(last) == pytest.approx(values[-1], abs=5e-5)
     # best so far is the running maximum of the trials' bests

@@ -158,6 +158,7 @@ CASES = {
     "flag-num-samples-0": flag("--num-samples", "0", expect=["--num-samples must be >= 1"]),
     "flag-grace-beyond-budget": flag("--grace-period", "5", "--max-epochs", "3",
                                      expect=["--grace-period must be between 1 and --max-epochs (3)"]),
+    "flag-keep-no-weights": flag("--keep-best", "0", expect=["--keep-best must be >= 1", "got 0"]),
     "flag-set-unknown-key": flag("--set", "colour=blue", expect=["--set colour", "not a config field"]),
     "flag-set-bad-value": flag("--set", "image_size=100", expect=["'image_size'", "multiple of 32"]),
     "flag-name-with-path": flag("--name", "../elsewhere", expect=["--name '../elsewhere'", "no path separators"]),
