@@ -7,7 +7,9 @@ release test does: they take no CPU), one CPU each, on 2 CPUs, so what is measur
             (segtune.saved_state), the TensorBoard board, the status line, trials.csv / summary.json / the report;
             only the trainable is the stand-in (``--no-final-test``: the stand-in leaves no model to test)
   bare      Tune alone with the same searcher and scheduler: Tune's OptunaSearch and ASHAScheduler, no callbacks of
-            ours, Tune's default snapshot period (auto: at least 10 s, ~5 % of the driver's time)
+            ours, Tune's default snapshot period (auto: at least 10 s, ~5 % of the driver's time); its trials reuse
+            their processes as ours do (``reuse_actors``: without it each trial starts a process, 2.2 x the minimum
+            at N=100 here, which is not bookkeeping)
   defaults  Tune's defaults as Ray's release test runs them: random search, FIFO
 
 Each run is a process of its own (Tune reads its snapshot period at import). A run's theoretical minimum is the
@@ -204,7 +206,7 @@ def run_bare(n: int, args, tmp: Path, defaults: bool) -> dict[str, Any]:
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     trainable = tune.with_resources(make_sleeper(args.seconds, args.results, args.checkpoint_kb), {"cpu": 1})
     config = (tune.TuneConfig(num_samples=n) if defaults else tune.TuneConfig(
-        metric=METRIC, mode="max", num_samples=n, search_alg=OptunaSearch(seed=0),
+        metric=METRIC, mode="max", num_samples=n, search_alg=OptunaSearch(seed=0), reuse_actors=True,
         scheduler=ASHAScheduler(time_attr=EPOCH, max_t=args.results, grace_period=1,
                                 reduction_factor=args.reduction_factor)))
     tuner = tune.Tuner(trainable, param_space=space.to_tune(), tune_config=config,
