@@ -182,3 +182,33 @@ def test_cpu_by_process_finds_a_torch_process_under_its_kind_and_passes_its_exit
 
     proc = run_cli("-m", "bench.cpu_by_process", "--", python, "-c", "import sys; sys.exit(3)", cwd=REPO)
     assert proc.returncode == 3, proc.stdout + proc.stderr  # the command's exit code, as `time` passes it on
+
+
+@pytest.mark.slow
+def test_quick_bookkeeping_runs_the_sweeps_path_and_bare_tune_on_sleeping_trials(tmp_path):
+    stdout, fig = run_quick("-m bench.bookkeeping --ways ours bare defaults --checkpoint-kb 4", tmp_path)
+    assert "wall/min" in stdout and "x bare's" in stdout
+    runs = {r["way"]: r for r in fig["runs"]}
+    assert set(runs) == {"ours", "bare", "defaults"} and all(r["n"] == 6 == r["trials"] for r in runs.values())
+    seconds = fig["config"]["seconds"]
+    for way, run in runs.items():
+        # the minimum is the trial-seconds the trials ran (ASHA stops some: fewer results than FIFO's 6 x 3)
+        assert run["min_s"] == pytest.approx(run["results"] * seconds / 2, abs=0.01), way
+        assert run["wall_over_min"] == pytest.approx(run["wall_s"] / run["min_s"], rel=0.01)
+        assert run["snapshots"] >= 1 and run["peak_mb"] > 0
+    assert runs["defaults"]["results"] == 6 * 3 and runs["ours"]["results"] <= 6 * 3
+    ours = runs["ours"]
+    # the sweep's own path ran: commits, the study's suggestions, its end, trials.csv with a row per trial
+    assert ours["commits"] >= 1 and ours["commit_kb"] > 0 and ours["suggest_ms"] > 0 and ours["trials_csv_rows"] == 6
+    assert ours["end_s"] == pytest.approx(ours["summarise_s"] + ours["report_s"], abs=0.02)
+    assert ours["over_bare"] == pytest.approx(ours["wall_over_min"] / runs["bare"]["wall_over_min"], rel=0.01)
+
+
+@pytest.mark.slow
+def test_quick_study_storage_times_each_storage_with_every_trial_read_back(tmp_path):
+    stdout, fig = run_quick("-m bench.study_storage", tmp_path)
+    assert "sqlite / journal" in stdout
+    assert [(r["storage"], r["n"]) for r in fig["runs"]] == [("sqlite", 20), ("journal", 20), ("memory", 20)]
+    for run in fig["runs"]:
+        assert run["ask_ms"] > 0 and run["per_trial_ms"] > 0
+        assert (run["file_kb"] is None) == (run["storage"] == "memory")
