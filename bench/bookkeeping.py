@@ -30,6 +30,7 @@ import json
 import os
 import resource
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -165,6 +166,8 @@ def run_ours(n: int, args, tmp: Path, data: Path) -> dict[str, Any]:
 
     original_fit = driver.fit
     driver.fit = fit
+    timers.wrap(driver, "check_and_prepare", "prepare")
+    timers.wrap(driver, "start_experiment", "restore")
     timers.wrap(driver, "fit", "fit")
     timers.wrap(driver, "summarise", "summarise")
     timers.wrap(driver, "report", "report")
@@ -172,7 +175,7 @@ def run_ours(n: int, args, tmp: Path, data: Path) -> dict[str, Any]:
     argv = ["--data-dir", str(data), "--space", SPACE, *(f for s in SETS for f in ("--set", s)),
             "--num-samples", str(n), "--max-epochs", str(args.results), "--grace-period", "1",
             "--reduction-factor", str(args.reduction_factor), "--cpus-per-trial", "1", "--seed", "0",
-            "--no-final-test", "--storage-path", str(storage), "--name", name]
+            "--no-final-test", "--storage-path", str(storage), "--name", name, *(["--resume"] if args.resume else [])]
     started = time.perf_counter()
     code = tune_main.main(argv)
     whole = time.perf_counter() - started
@@ -188,7 +191,19 @@ def run_ours(n: int, args, tmp: Path, data: Path) -> dict[str, Any]:
             "commit_share": round(timers.total("commit") / timers.total("fit"), 4),
             "board_s": round(timers.total("board"), 2), "progress_s": round(timers.total("progress"), 2),
             "disk_mb": round(folder_bytes(experiment) / 2**20, 1),
-            "trials_csv_rows": sum(1 for _ in open(experiment / "trials.csv")) - 1}
+            "trials_csv_rows": sum(1 for _ in open(experiment / "trials.csv")) - 1,
+            # --kill-after: the checks and the saved state put back before Tune restores the experiment
+            "prepare_s": round(timers.total("prepare"), 2), "restore_s": round(timers.total("restore"), 2),
+            "epochs_repeated": repeated_epochs(experiment)}
+
+
+def repeated_epochs(experiment: Path) -> int:
+    """Rows of an epoch a trial's result.json already held (a resume that reported something twice)."""
+    repeated = 0
+    for rows in experiment.glob("*/result.json"):
+        epochs = [json.loads(line)[EPOCH] for line in rows.read_text().splitlines() if line.strip()]
+        repeated += len(epochs) - len(set(epochs))
+    return repeated
 
 
 def run_bare(n: int, args, tmp: Path, defaults: bool) -> dict[str, Any]:
@@ -271,9 +286,12 @@ def main() -> None:
     p.add_argument("--cpus", type=int, default=2, help="CPUs Ray has (bare ways); ours takes the machine's")
     p.add_argument("--checkpoint-s", type=float, help="ours: TUNE_GLOBAL_CHECKPOINT_S (default: the sweep's own)")
     p.add_argument("--checkpoint-kb", type=int, default=0, help="a checkpoint of this size with each result")
+    p.add_argument("--kill-after", type=float, help="ours: SIGKILL the sweep (driver and its Ray) after this many "
+                   "seconds, then --resume it: the resumed run's row is 'ours resumed'")
     p.add_argument("--quick", action="store_true", help="N = 6, 0.05 s results: proves it runs")
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    p.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--tmp", help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -299,12 +317,20 @@ def main() -> None:
                 if args.checkpoint_s is not None:
                     cmd += ["--checkpoint-s", str(args.checkpoint_s)]
                 print(f"N={n} {way} ...", flush=True)
+                if way == "ours" and args.kill_after:
+                    killed = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                              env=env, start_new_session=True)
+                    time.sleep(args.kill_after)
+                    os.killpg(killed.pid, signal.SIGKILL)  # the driver and the Ray it started
+                    killed.wait()
+                    print(f"N={n} ours killed after {args.kill_after:g} s; resuming ...", flush=True)
+                    cmd, way = cmd + ["--resume"], "ours resumed"
                 proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=env)
                 lines = [x for x in proc.stdout.splitlines() if x.startswith("FIGURES ")]
                 if proc.returncode != 0 or not lines:
                     sys.exit(f"N={n} {way} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n"
                              f"{proc.stderr[-3000:]}")
-                runs.append(json.loads(lines[-1][len("FIGURES "):]))
+                runs.append({**json.loads(lines[-1][len("FIGURES "):]), "way": way})
                 shutil.rmtree(run_dir, ignore_errors=True)
                 print(table(runs[-1:]).splitlines()[-1], flush=True)
     for r in runs:
@@ -314,6 +340,11 @@ def main() -> None:
     for r in runs:
         if r["way"] == "ours" and r["over_bare"]:
             print(f"N={r['n']}: ours wall/min {r['wall_over_min']:.3f}, {r['over_bare']:.3f} x bare's")
+    for r in runs:
+        if r["way"] == "ours resumed":
+            print(f"N={r['n']} resumed after a kill: checks {r['prepare_s']:.1f} s, saved state put back "
+                  f"{r['restore_s']:.1f} s, {r['trials_csv_rows']} trials in trials.csv, "
+                  f"{r['epochs_repeated']} epoch rows repeated")
     by_n = {r["n"]: r for r in runs if r["way"] == "ours"}
     if len(by_n) > 1:
         small, large = by_n[min(by_n)], by_n[max(by_n)]
