@@ -220,6 +220,7 @@ def plan(job: Prepared) -> str:
     workers = f", {s.workers_per_trial} DDP workers each" if s.workers_per_trial > 1 else ""
     sched = (f"ASHA (grace {s.grace_period}, reduction {s.reduction_factor}, max {s.max_epochs} epochs)"
              if s.scheduler == "asha" else f"FIFO ({s.max_epochs} epochs each)")
+    period = snapshot_period(s.num_samples, apply=False)
     lines = [f"space {space.name} ({space.path}): {space.description}", f"  searched: {searched}",
              f"  fixed: {fixed}",
              f"search {s.search} (seed {s.seed}), {s.num_samples} samples, scheduler {sched}",
@@ -228,9 +229,8 @@ def plan(job: Prepared) -> str:
              "checkpoints: " + CheckpointPolicy.for_trial(s.checkpoint_every, s.workers_per_trial).describe()
              + f", best weights; kept once a trial ends: the best weights of the {s.keep_best} best trials",
              "results committed (visible in result.json, kept through a kill) "
-             + ("every 10 s or more (Tune's auto rule: a sweep of over "
-                f"{SNAPSHOT_AUTO_FROM} trials)" if snapshot_period(s.num_samples, apply=False) == "auto"
-                else f"every {snapshot_period(s.num_samples, apply=False)} s"),
+             + (f"every 10 s or more (Tune's auto rule: a sweep of over {SNAPSHOT_AUTO_FROM} trials)"
+                if period == "auto" else f"every {period} s"),
              f"resources: {job.resources}", *job.notes, f"experiment: {job.storage.shown}"]
     return "\n".join(lines)
 

@@ -444,7 +444,7 @@ def build_report(path: Path) -> Path:
         listed = best_trials(experiment, TABLE_TRIALS)
         lines += [f"The {len(listed)} best of {len(experiment.trials)} trials, best first (every trial: `trials.csv`).",
                   ""]
-    kept = [t for t in experiment.trials if t.weights_kept]
+    kept = {t.name for t in experiment.trials if t.weights_kept}  # a folder listing per trial, once
     lines += [f"Weights kept on disk: {len(kept)} trial(s) (`--keep-best {s.get('keep_best', 'all')}`: the best "
               "trials' once they end, running ones' until then); the column `weights` of `trials.csv` says where.",
               "", "| trial | run | status | epochs | best | last | weights |",
@@ -452,7 +452,7 @@ def build_report(path: Path) -> Path:
     for t in listed:
         values = [v for v in t.values if v is not None]
         lines.append(f"| {t.number} | `{t.name}` | {t.status} | {len(t.rows)} | {_fmt(t.best)} | "
-                     f"{_fmt(values[-1] if values else None)} | {'kept' if t.weights_kept else ''} |")
+                     f"{_fmt(values[-1] if values else None)} | {'kept' if t.name in kept else ''} |")
     lines.append("")
 
     points = best_so_far(experiment)
