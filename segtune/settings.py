@@ -26,7 +26,7 @@ SAVED_BY_KEY, STATE_FORMAT = "saved_by", 1
 
 # Flags a resumed sweep may change: how to reach Ray and what to print. The rest comes from sweep.yaml.
 RESUME_MAY_CHANGE = {"resume", "resume_auto", "address", "verbose", "dry_run", "dashboard", "storage_path", "name",
-                     "no_final_test", "keep_best"}
+                     "no_final_test"}
 # Keys earlier versions saved in sweep.yaml that are not settings (tune_main's other modes): ignored when read
 NOT_SETTINGS = {"list_spaces", "report"}
 SEARCHES, SCHEDULERS = ("optuna", "random"), ("asha", "fifo")

@@ -37,3 +37,12 @@ def test_resume_refuses_a_changed_flag_and_ignores_keys_of_older_versions(tmp_pa
     older = yaml.safe_load((tmp_path / "sweep.yaml").read_text())
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({**older, "list_spaces": False, "report": None}))
     assert settings_for(SweepSettings(resume=True), {"resume"}, tmp_path).num_samples == 4
+
+
+def test_resume_keeps_the_keep_best_the_sweep_started_with(tmp_path):
+    """Not this run's default: a sweep started with --keep-best 3 and resumed without the flag keeps 3."""
+    save_settings(SweepSettings(keep_best=3), tmp_path)
+    assert settings_for(SweepSettings(resume=True), {"resume"}, tmp_path).keep_best == 3
+    with pytest.raises(UserError, match="these flags differ") as err:
+        settings_for(SweepSettings(resume=True, keep_best=5), {"resume", "keep_best"}, tmp_path)
+    assert err.value.problems == ["--keep-best 5 (the sweep started with 3)"]
